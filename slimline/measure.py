@@ -1,0 +1,132 @@
+"""Measurements of the model that ships, in the runtime that ships it (ONNX Runtime, CPU).
+
+One place measures latency and throughput: sessions are timed interleaved (every round runs
+each model in turn, in rotating order) so machine noise hits all models alike.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from slimline.data import Split
+from slimline.errors import SlimlineError
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+WEIGHT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                onnx.TensorProto.UINT4}
+
+
+def file_size(path: str | Path) -> int:
+    """Bytes on disk of the ONNX model, including an external `.data` file if it has one."""
+    path = Path(path)
+    extra = path.with_name(path.name + ".data")
+    return path.stat().st_size + (extra.stat().st_size if extra.is_file() else 0)
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise SlimlineError(f"{path}: not an ONNX model ({str(exc).splitlines()[0][:200]})") from None
+    if not model.graph.output:
+        raise SlimlineError(f"{path}: ONNX model has no outputs")
+    return model
+
+
+def count_parameters(model: onnx.ModelProto) -> int:
+    """Weight elements in the graph; quantization scales and zero points are not parameters."""
+    scale_inputs = {name for node in model.graph.node if node.op_type in QDQ_OPS
+                    for name in node.input[1:]}
+    return sum(int(np.prod(init.dims)) for init in model.graph.initializer
+               if init.data_type in WEIGHT_TYPES and init.name not in scale_inputs)
+
+
+def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    return shape_inference.infer_shapes(model)
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one batch-1 inference, from the graph's Conv/Gemm/MatMul shapes."""
+    model = _with_batch(model, 1)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    # QDQ graphs feed weights through DequantizeLinear: give its output the weight's shape.
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
+            shapes.setdefault(node.output[0], shapes[node.input[0]])
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if out is None:
+            continue
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            weight = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
+            if weight:
+                total += int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            left = shapes.get(node.input[0])
+            if left:
+                transposed = node.op_type == "Gemm" and any(
+                    a.name == "transA" and a.i for a in node.attribute)
+                total += int(np.prod(out)) * left[0 if transposed else -1]
+    return total
+
+
+@dataclass
+class Timing:
+    """Per-call latencies (ms) of one model, grouped by interleaved round."""
+    rounds: list[np.ndarray]
+
+    @property
+    def all(self) -> np.ndarray:
+        return np.concatenate(self.rounds)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.all, q))
+
+
+def time_interleaved(sessions: dict, inputs: np.ndarray, *, runs: int, warmup: int,
+                     rounds: int) -> dict[str, Timing]:
+    """Time `runs` calls of each session on `inputs`, split into interleaved rounds."""
+    feeds = {name: {session.get_inputs()[0].name: inputs} for name, session in sessions.items()}
+    for name, session in sessions.items():
+        for _ in range(warmup):
+            session.run(None, feeds[name])
+    per_round = -(-runs // rounds)
+    samples = {name: [] for name in sessions}
+    names = list(sessions)
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            session, feed, times = sessions[name], feeds[name], np.empty(per_round)
+            for call in range(per_round):
+                start = time.perf_counter_ns()
+                session.run(None, feed)
+                times[call] = (time.perf_counter_ns() - start) / 1e6
+            samples[name].append(times)
+    return {name: Timing(rounds) for name, rounds in samples.items()}
+
+
+def onnx_predict(session, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+def onnx_accuracy(session, data: Split) -> float:
+    return float((onnx_predict(session, data.images).argmax(1) == data.labels).mean())

@@ -1,0 +1,77 @@
+"""Structural edits: how a pruned or factorised model is rebuilt from its base architecture.
+
+A recipe is JSON: the base architecture and its arguments plus an ordered list of edits.
+Replaying the edits on a freshly built base gives a model with exactly the artifact's tensor
+shapes, into which the safetensors weights load. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimline.errors import SlimlineError
+
+# Size-bearing attributes of the layers the line can resize (Conv, Linear, norms, attention).
+SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features",
+                   "num_features", "normalized_shape", "embed_dim", "num_heads", "head_dim",
+                   "kdim", "vdim")
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _module_sizes(module: nn.Module) -> dict:
+    return {name: _jsonable(getattr(module, name)) for name in SIZE_ATTRIBUTES
+            if isinstance(getattr(module, name, None), (int, tuple))}
+
+
+def _own_tensors(module: nn.Module) -> dict[str, list[int]]:
+    tensors = dict(module.named_parameters(recurse=False))
+    tensors.update((name, buf) for name, buf in module.named_buffers(recurse=False) if buf is not None)
+    return {name: list(tensor.shape) for name, tensor in tensors.items()}
+
+
+def resize_edits(reference: nn.Module, edited: nn.Module) -> list[dict]:
+    """One `resize` edit per module whose tensor shapes differ between the two models."""
+    reference_modules = dict(reference.named_modules())
+    edits = []
+    for name, module in edited.named_modules():
+        before = reference_modules.get(name)
+        if before is None or type(before) is not type(module):
+            raise SlimlineError(f"resize_edits: module '{name}' has no counterpart of the same type")
+        shapes = _own_tensors(module)
+        if shapes != _own_tensors(before):
+            edits.append({"op": "resize", "module": name, "type": type(module).__name__,
+                          "attributes": _module_sizes(module), "tensors": shapes})
+    return edits
+
+
+def apply_resize(model: nn.Module, edit: dict) -> None:
+    module = model.get_submodule(edit["module"])
+    for name, value in edit["attributes"].items():
+        setattr(module, name, tuple(value) if isinstance(value, list) else value)
+    for name, shape in edit["tensors"].items():
+        current = getattr(module, name)
+        fresh = torch.zeros(shape, dtype=current.dtype)
+        if isinstance(current, nn.Parameter):
+            setattr(module, name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        else:
+            module.register_buffer(name, fresh)
+
+
+EDIT_OPS = {
+    "resize": apply_resize,
+}
+
+
+def apply_edits(model: nn.Module, edits: list[dict]) -> nn.Module:
+    for index, edit in enumerate(edits):
+        op = edit.get("op")
+        if op not in EDIT_OPS:
+            raise SlimlineError(f"recipe edit #{index}: unknown op '{op}' (known: {', '.join(EDIT_OPS)})")
+        try:
+            EDIT_OPS[op](model, edit)
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise SlimlineError(f"recipe edit #{index} ({op} {edit.get('module')}): {exc}") from None
+    return model

@@ -1,0 +1,87 @@
+"""The stage contract, in one place: params, a readable log, metrics, and one-line failures.
+
+Every stage module ends with `run_stage("name", main, add_arguments)`. `main(args, params, log)`
+does the work; whatever goes wrong reaches the user as one line on stderr and a non-zero exit,
+with the traceback (if any) kept in the stage's log file for whoever debugs it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from slimline.atomic import write_json
+from slimline.errors import SlimlineError
+from slimline.params import Params, load_params
+
+EXIT_BAD_INPUT, EXIT_CRASH = 2, 1
+
+
+class _NoTraceback(logging.Formatter):
+    """Console lines stay one line each; tracebacks go to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved, record.exc_info, record.exc_text = record.exc_info, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info = saved
+
+
+def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
+    logger = logging.getLogger(f"slimline.{stage}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.handlers.clear()
+    layout = ("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(_NoTraceback(*layout))
+    logger.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file, mode="w")
+        to_file.setFormatter(logging.Formatter(*layout))
+        logger.addHandler(to_file)
+    return logger
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """Flat numbers only, so `dvc metrics diff` can compare every key across nights."""
+    flat = {key: (int(value) if isinstance(value, bool) else value) for key, value in metrics.items()}
+    bad = [key for key, value in flat.items() if not isinstance(value, (int, float))]
+    if bad:
+        raise TypeError(f"metrics must be flat numbers; not numeric: {bad}")
+    write_json(path, flat)
+
+
+def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Logger], None],
+              add_arguments: Callable[[argparse.ArgumentParser], None],
+              argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser.add_argument("--params", default="params.yaml", type=Path, help="params file")
+    parser.add_argument("--log", type=Path, help="also write the stage log to this file")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    log = stage_logger(stage, args.log)
+    started = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        log.info("stage %s started (params %s, seed %d)", stage, args.params, params.seed)
+        main(args, params, log)
+    except SlimlineError as exc:
+        log.error("%s", exc)
+        print(f"slimline {stage}: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print(f"slimline {stage}: interrupted; no output was published", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen input: one line here, the traceback in the log
+        log.exception("unexpected failure")
+        where = f" (traceback in {args.log})" if args.log else ""
+        print(f"slimline {stage}: unexpected error: {type(exc).__name__}: {exc}{where}".splitlines()[0],
+              file=sys.stderr)
+        sys.exit(EXIT_CRASH)
+    log.info("stage %s finished in %.1f s", stage, time.perf_counter() - started)

@@ -1,0 +1,88 @@
+"""The one training loop: used to train the teacher and to fine-tune / distil every student."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from slimline.data import Split
+from slimline.params import TrainParams
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_shift` pixels (zero padding = background after crop)."""
+    if max_shift == 0:
+        return images
+    batch, channels, height, width = images.shape
+    background = images.amin()
+    padded = F.pad(images, [max_shift] * 4, value=float(background))
+    dy = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
+    rows = (dy[:, None] + torch.arange(height))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width))[:, None, None, :]
+    return padded[torch.arange(batch)[:, None, None, None], torch.arange(channels)[None, :, None, None],
+                  rows, cols]
+
+
+def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(images), labels)
+
+
+def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
+        loss_fn: LossFn = cross_entropy, description: str = "train", log=print) -> list[float]:
+    """SGD + Nesterov with a one-cycle schedule; returns the mean loss of each epoch."""
+    if config.epochs == 0:
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    steps_per_epoch = -(-len(labels) // config.batch_size)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                lr=config.learning_rate, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch)
+    history = []
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=generator)
+        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"{description} {epoch + 1}/{config.epochs}",
+                                unit="batch", leave=False, mininterval=1.0)
+        for step in bar:
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            inputs = random_shift(images[batch], config.max_shift, generator)
+            loss = loss_fn(model, inputs, labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        history.append(total / steps_per_epoch)
+        log(f"{description}: epoch {epoch + 1}/{config.epochs} mean loss {history[-1]:.4f}")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for `images`, in evaluation mode."""
+    model.eval()
+    outputs = [model(torch.from_numpy(images[i:i + batch_size])).numpy()
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs)
+
+
+def accuracy(model: nn.Module, data: Split) -> float:
+    return float((predict(model, data.images).argmax(1) == data.labels).mean())
