@@ -5,21 +5,20 @@
     model.onnx           the graph that ships, weights embedded (one file, counted in size)
 
 Loading never unpickles: safetensors holds raw tensors, the recipe is JSON.
+torch is imported only by the functions that build or save a torch model, so ONNX-only
+consumers (evaluate, quantize's reader) run without the training stack.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING
 
 from slimline.errors import SlimlineError
-from slimline.models import build_model
-from slimline.recipe import apply_edits
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT = "slimline-artifact/1"
 RECIPE, WEIGHTS, ONNX = "recipe.json", "weights.safetensors", "model.onnx"
@@ -69,10 +68,16 @@ def read_recipe(directory: str | Path) -> Recipe:
 
 def build_from_recipe(recipe: Recipe) -> nn.Module:
     """The model's skeleton (right shapes, untrained weights)."""
+    from slimline.models import build_model
+    from slimline.recipe import apply_edits
+
     return apply_edits(build_model(recipe.architecture, **recipe.arguments), recipe.edits)
 
 
 def load_model(directory: str | Path) -> tuple[nn.Module, Recipe]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     recipe = read_recipe(directory)
     path = directory / WEIGHTS
@@ -92,6 +97,8 @@ def load_model(directory: str | Path) -> tuple[nn.Module, Recipe]:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
     # contiguous clones: safetensors refuses shared or strided storage.
     state = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
     save_file(state, str(path))
@@ -107,6 +114,8 @@ def write_artifact(target: str | Path, model: nn.Module, recipe: Recipe, parity_
 
     Returns the max |torch - ONNX| logit difference on `parity_inputs`.
     """
+    import torch
+
     from slimline.atomic import atomic_dir
     from slimline.onnx_export import check_parity, export_onnx, parity
 

@@ -6,7 +6,7 @@ out-of-range values stop a stage with one line naming the key, the value and wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,20 +52,116 @@ class PrepareParams(Section):
     parity_tolerance: float = Field(1e-3, gt=0)
 
 
+def _short_finetune(epochs: int, learning_rate: float) -> TrainParams:
+    return TrainParams(epochs=epochs, learning_rate=learning_rate)
+
+
+LayerName = Annotated[str, Field(min_length=1)]
+
+
 class PruneParams(Section):
+    """Channel pruning on Torch-Pruning's dependency graph, or unstructured magnitude pruning."""
     enabled: bool = False
+    # structured: whole channels leave the tensors (really faster); unstructured: weights are
+    # zeroed in place (smaller compressed file, no latency gain in ONNX Runtime's dense kernels).
+    method: Literal["structured", "unstructured"] = "structured"
+    # Fraction kept: of each layer's channels (structured) or of the weights (unstructured).
+    keep_ratio: float = Field(0.5, gt=0, le=1)
+    # How a channel is ranked: filter L1 / L2 norm, BatchNorm scale |gamma|, first-order Taylor.
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
+    # per_layer: every layer keeps keep_ratio; global: one ranking over all layers.
+    scope: Literal["per_layer", "global"] = "per_layer"
+    # Global scope: no layer keeps fewer than this fraction of its channels.
+    min_keep_ratio: float = Field(0.1, gt=0, le=1)
+    # Kept channel counts are rounded to a multiple of this (SIMD-friendly widths); 1 = exact.
+    channel_multiple: int = Field(1, ge=1)
+    # Module names (as in model.named_modules()) never pruned; the classifier head always is.
+    exclude: list[LayerName] = []
+    # Prune in this many equal steps, fine-tuning with step_finetune after each but the last.
+    steps: int = Field(1, ge=1, le=20)
+    step_finetune: TrainParams = _short_finetune(1, 0.02)
+    # Fine-tuning after the last step (the schedule is where accuracy is won back).
+    finetune: TrainParams = _short_finetune(6, 0.05)
+    # Training batches whose gradients feed the Taylor criterion.
+    taylor_batches: int = Field(8, ge=1)
+    # Batch-1 ONNX Runtime runs when comparing latency with the input model.
+    latency_runs: int = Field(200, ge=20)
+    parity_tolerance: float = Field(1e-3, gt=0)
 
 
 class DecomposeParams(Section):
+    """Low-rank factorization: SVD for Linear, Tucker-2 or CP for Conv2d (TensorLy)."""
     enabled: bool = False
+    # Linear layers: truncated SVD into two Linear layers, or left alone.
+    linear_method: Literal["svd", "none"] = "svd"
+    # Conv2d k x k: Tucker-2 (1x1 -> kxk -> 1x1) or CP (1x1 -> kx1 -> 1xk -> 1x1); 1x1 convs use SVD.
+    conv_method: Literal["tucker2", "cp", "none"] = "tucker2"
+    # energy: smallest rank keeping `energy` of the squared singular values;
+    # param_reduction: rank that removes `param_reduction` of the layer's parameters.
+    rank_rule: Literal["energy", "param_reduction"] = "energy"
+    energy: float = Field(0.9, gt=0, le=1)
+    param_reduction: float = Field(0.5, gt=0, lt=1)
+    # Explicit ranks by module name; they override rank_rule for those layers.
+    ranks: dict[LayerName, Annotated[int, Field(ge=1)]] = {}
+    # Module names never factorized.
+    exclude: list[LayerName] = []
+    # Keep a factorization only if the layer runs at least this much faster in ONNX Runtime.
+    min_speedup: float = Field(1.1, ge=1)
+    # Batch-1 ONNX Runtime runs per candidate when timing a layer and the whole model.
+    latency_runs: int = Field(200, ge=20)
+    finetune: TrainParams = _short_finetune(2, 0.01)
+    parity_tolerance: float = Field(1e-3, gt=0)
 
 
 class DistillParams(Section):
+    """Knowledge distillation: loss = alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE."""
     enabled: bool = False
+    # null: the input model (the structurally compressed one) is the student; a list of widths:
+    # a fresh model of the teacher's architecture at these widths (e.g. [32, 64, 128]).
+    student_widths: list[Annotated[int, Field(ge=1)]] | None = None
+    temperature: float = Field(4.0, gt=0)          # softens both distributions in the KL term
+    alpha: float = Field(0.5, ge=0, le=1)          # weight of the teacher's soft targets
+    # Intermediate-feature distillation (learned 1x1 adapters, MSE on pooled-stage features);
+    # 0 switches it off.
+    feature_weight: float = Field(0.0, ge=0)
+    train: TrainParams = TrainParams(epochs=4, learning_rate=0.05)
+    # Also train the same student without the teacher (same seed) to report what KD bought.
+    compare_without_teacher: bool = True
+    parity_tolerance: float = Field(1e-3, gt=0)
 
 
 class QuantizeParams(Section):
+    """Post-training quantization in ONNX Runtime (or QAT), see slimline/quantize.py."""
     enabled: bool = False
+    # static: int8 QDQ calibrated on the calibration split; dynamic: int8 weights, activations
+    # quantized at run time (for Linear/MatMul-heavy models); weight_only_4bit: MatMulNBits;
+    # qat: fake-quant fine-tuning in torch, then static QDQ.
+    scheme: Literal["static", "dynamic", "weight_only_4bit", "qat"] = "static"
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(99.999, gt=90, le=100)   # for calibration_method = percentile
+    calibration_batch_size: int = Field(32, ge=1)
+    per_channel: bool = True                        # one weight scale per output channel
+    # auto: uint8 activations + int8 weights (the fast u8s8 path of x86 int8 kernels).
+    activation_type: Literal["auto", "uint8", "int8"] = "auto"
+    # 7-bit weights avoid int16 saturation in u8s8 kernels on CPUs without VNNI; auto decides
+    # from /proc/cpuinfo.
+    reduce_range: bool | Literal["auto"] = "auto"
+    block_size: int = Field(32, ge=16)             # weight_only_4bit: weights per scale
+    qat: TrainParams = TrainParams(epochs=1, learning_rate=0.005, max_shift=0)
+    # Warn (log and metrics) when int8 loses more than this many top-1 points on val.
+    max_top1_drop: float = Field(0.3, ge=0, le=100)
+    latency_runs: int = Field(200, ge=20)           # batch-1 runs per model, interleaved
+    latency_rounds: int = Field(10, ge=1)
+
+
+class GateParams(Section):
+    """Budgets for the shipped model; see slimline/gate.py for the rule."""
+    rule: Literal["interval", "point"] = "interval"
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    max_top1_drop: float = Field(0.5, ge=0, le=100)          # points vs the teacher
+    max_latency_ms: Optional[float] = Field(None, gt=0)      # batch-1 p50; None = no budget
+    max_size_mb: Optional[float] = Field(None, gt=0)
+    min_throughput: Optional[float] = Field(None, gt=0)      # images/s at the throughput batch
 
 
 class EvaluateParams(Section):
@@ -76,6 +172,9 @@ class EvaluateParams(Section):
     threads: int = Field(1, ge=1)
     throughput_batch: int = Field(64, ge=1)
     throughput_runs: int = Field(20, ge=1)
+    # Warn that the machine was too noisy when per-round speed-ups spread wider than this.
+    max_speedup_spread: float = Field(0.25, gt=0)
+    gate: GateParams = GateParams()
 
 
 class Params(Section):

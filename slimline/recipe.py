@@ -60,8 +60,21 @@ def apply_resize(model: nn.Module, edit: dict) -> None:
             module.register_buffer(name, fresh)
 
 
+def factorize_edit(name: str, method: str, ranks: list[int]) -> dict:
+    """The record of one layer replaced by its low-rank chain (see slimline/lowrank.py)."""
+    return {"op": "factorize", "module": name, "method": method, "ranks": [int(r) for r in ranks]}
+
+
+def apply_factorize(model: nn.Module, edit: dict) -> None:
+    from slimline.lowrank import factorized_skeleton
+
+    layer = model.get_submodule(edit["module"])
+    model.set_submodule(edit["module"], factorized_skeleton(layer, edit["method"], edit["ranks"]))
+
+
 EDIT_OPS = {
     "resize": apply_resize,
+    "factorize": apply_factorize,
 }
 
 

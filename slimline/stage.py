@@ -15,6 +15,7 @@ from typing import Callable
 
 from slimline.atomic import write_json
 from slimline.errors import SlimlineError
+from slimline.lineage import code_revision, cpu_info, flatten, package_versions, sha256_file
 from slimline.params import Params, load_params
 
 EXIT_BAD_INPUT, EXIT_CRASH = 2, 1
@@ -49,12 +50,24 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:
-    """Flat numbers only, so `dvc metrics diff` can compare every key across nights."""
+    """Flat keys with numbers (or lineage strings), so `dvc metrics diff` compares every key."""
     flat = {key: (int(value) if isinstance(value, bool) else value) for key, value in metrics.items()}
-    bad = [key for key, value in flat.items() if not isinstance(value, (int, float))]
+    bad = [key for key, value in flat.items() if not isinstance(value, (int, float, str))]
     if bad:
-        raise TypeError(f"metrics must be flat numbers; not numeric: {bad}")
+        raise TypeError(f"metrics must be flat numbers or strings; not: {bad}")
     write_json(path, flat)
+
+
+def add_lineage(path: Path, params_file: Path, seed: int) -> None:
+    """Every stage's metrics say which code, params, packages and machine made them."""
+    import json
+
+    torch = sys.modules.get("torch")  # threads only matter to stages that train with torch
+    metrics = json.loads(path.read_text())
+    metrics.update(flatten({"code_revision": code_revision(), "params_sha256": sha256_file(params_file),
+                            "packages": package_versions(), "cpu": cpu_info(),
+                            "torch_threads": torch.get_num_threads() if torch else 0, "seed": seed}))
+    write_json(path, metrics)
 
 
 def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Logger], None],
@@ -71,6 +84,9 @@ def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Lo
         params = load_params(args.params)
         log.info("stage %s started (params %s, seed %d)", stage, args.params, params.seed)
         main(args, params, log)
+        metrics_file = getattr(args, "metrics", None)
+        if metrics_file is not None and metrics_file.is_file():
+            add_lineage(metrics_file, args.params, params.seed)
     except SlimlineError as exc:
         log.error("%s", exc)
         print(f"slimline {stage}: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from slimline.stage import run_stage
 def add_arguments(parser):
     parser.add_argument("--input", type=Path, required=True, help="input model artifact folder")
     parser.add_argument("--output", type=Path, required=True, help="output model artifact folder")
+    parser.add_argument("--data", type=Path, required=True, help="folder of split .npz files")
     parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
 
 

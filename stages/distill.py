@@ -1,20 +1,102 @@
-"""distill: not built yet; runs as an explicitly disabled pass-through."""
+"""distill: the student learns from the teacher (KD); the same student without the teacher is
+trained alongside on the same seed, so the metrics say what distillation bought, in points."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import torch
+
+from slimline.artifact import Recipe, load_model, read_recipe, write_artifact
+from slimline.data import load_split
+from slimline.distill import distill_and_compare
+from slimline.errors import SlimlineError
+from slimline.models import build_model
 from slimline.passthrough import pass_through
-from slimline.stage import run_stage
+from slimline.stage import run_stage, write_metrics
+from slimline.train import accuracy, seed_everything
 
 
 def add_arguments(parser):
-    parser.add_argument("--input", type=Path, required=True, help="input model artifact folder")
+    parser.add_argument("--input", type=Path, required=True, help="input model artifact folder (the student)")
+    parser.add_argument("--teacher", type=Path, required=True, help="teacher model artifact folder")
+    parser.add_argument("--data", type=Path, required=True, help="folder of split .npz files")
     parser.add_argument("--output", type=Path, required=True, help="output model artifact folder")
     parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
 
 
+def _student(args, params, teacher_recipe: Recipe, log):
+    config = params.distill
+    if config.student_widths is None:
+        student, recipe = load_model(args.input)
+        log.info("student: the input model %s (%s)", args.input, " -> ".join(recipe.history))
+        return student, recipe.derive("distill")
+    read_recipe(args.input)  # still a declared dep: fail early and clearly if it is broken
+    arguments = {**teacher_recipe.arguments, "widths": list(config.student_widths)}
+    seed_everything(params.seed)
+    student = build_model(teacher_recipe.architecture, **arguments)
+    log.info("student: a fresh %s %s (distill.student_widths); the input model %s is not used",
+             teacher_recipe.architecture, arguments, args.input)
+    recipe = Recipe(architecture=teacher_recipe.architecture, arguments=arguments,
+                    input_shape=teacher_recipe.input_shape, history=[*teacher_recipe.history, "distill"])
+    return student, recipe
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def main(args, params, log):
-    pass_through("distill", args, log)
+    config = params.distill
+    if not config.enabled:
+        pass_through("distill", args, log)
+        return
+    num_classes = params.model.num_classes
+    splits = {name: load_split(args.data / f"{name}.npz", num_classes) for name in ("train", "val", "test")}
+    teacher, teacher_recipe = load_model(args.teacher)
+    student, recipe = _student(args, params, teacher_recipe, log)
+    example = torch.from_numpy(splits["val"].images[:2])
+    with torch.no_grad():
+        teacher_shape, student_shape = tuple(teacher(example).shape), tuple(student.eval()(example).shape)
+    if teacher_shape != student_shape:
+        raise SlimlineError(f"{args.input}: student outputs {student_shape[1:]} logits per image, "
+                            f"teacher {args.teacher} outputs {teacher_shape[1:]}; they must match")
+
+    teacher_val, student_before = accuracy(teacher, splits["val"]), accuracy(student, splits["val"])
+    log.info("teacher %d parameters, val top-1 %.2f%%; student %d parameters (%.2fx smaller), "
+             "val top-1 before distillation %.2f%%", _parameters(teacher), 100 * teacher_val,
+             _parameters(student), _parameters(teacher) / _parameters(student), 100 * student_before)
+    log.info("KD: T = %g, alpha = %g, feature_weight = %g, %d epochs, peak lr %g, batch %d, seed %d",
+             config.temperature, config.alpha, config.feature_weight, config.train.epochs,
+             config.train.learning_rate, config.train.batch_size, params.seed)
+    started = time.perf_counter()
+    result = distill_and_compare(student, teacher, splits, config, seed=params.seed, log=log.info)
+    seconds = time.perf_counter() - started
+    log.info("distilled student: val top-1 %.2f%%, test top-1 %.2f%% (%.0f s with the control run)",
+             100 * result.distilled_val, 100 * result.distilled_test, seconds)
+    metrics = {"enabled": 1, "teacher_val_top1": teacher_val, "student_val_top1_before": student_before,
+               "distilled_val_top1": result.distilled_val, "distilled_test_top1": result.distilled_test,
+               "student_parameters": _parameters(result.distilled),
+               "teacher_parameters": _parameters(teacher), "train_seconds": round(seconds, 1)}
+    if result.control_val is not None:
+        log.info("same student without the teacher (same seed and schedule): val top-1 %.2f%%, "
+                 "test top-1 %.2f%%; distillation bought %+.2f points on val, %+.2f on test",
+                 100 * result.control_val, 100 * result.control_test,
+                 result.gain_val_points, result.gain_test_points)
+        if result.gain_val_points < 0:
+            log.warning("distillation did NOT pay on val (%+.2f points): consider alpha, temperature, "
+                        "epochs (distill section of params.yaml)", result.gain_val_points)
+        metrics.update({"without_teacher_val_top1": result.control_val,
+                        "without_teacher_test_top1": result.control_test,
+                        "kd_gain_val_points": round(result.gain_val_points, 2),
+                        "kd_gain_test_points": round(result.gain_test_points, 2)})
+
+    difference = write_artifact(args.output, result.distilled, recipe, splits["val"].images[:64],
+                                config.parity_tolerance)
+    log.info("distilled artifact written to %s; torch/ONNX parity: max |logit diff| = %.2e",
+             args.output, difference)
+    metrics["onnx_parity_max_abs_diff"] = difference
+    write_metrics(args.metrics, metrics)
 
 
 if __name__ == "__main__":

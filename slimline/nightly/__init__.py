@@ -1,0 +1,16 @@
+"""Nightly orchestration: the code behind dags/slimline_nightly.py.
+
+The DAG file only wires tasks; everything it runs lives here, in small modules:
+
+  pipeline   dvc.yaml -> the stage graph (which stage needs which)
+  overrides  run-time params overrides, validated like params.yaml
+  storage    the S3 remote: settings from the environment, DVC remote config, access check
+  seaweed    the embedded SeaweedFS server (loopback, credentials required)
+  workspace  one git worktree per run, so two runs never share a DVC lock
+  runner     how a stage step is executed: `local` (subprocess); docker/kubernetes plug in here
+  step       what a runner executes for one stage: pull deps -> dvc repro -> push outs
+  publish    gate check, push, commit lock + metrics to the versioning branch, tag the night
+  tasks      the Airflow task callables (the only module that imports Airflow)
+
+Nothing here imports torch: the scheduler parses the DAG file often and must stay light.
+"""

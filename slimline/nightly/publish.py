@@ -1,0 +1,220 @@
+"""Publish a run that passed evaluate's gate: the last task of the nightly DAG.
+
+1. push every artifact (and the run cache) to the DVC remote, so nothing tagged is missing there;
+2. compare with the previous night (`dvc metrics diff`) and add that to the report;
+3. commit dvc.lock, params.yaml and the metrics to the versioning branch (default `nightly`) —
+   first parent the previous night, second parent the source revision — and tag the night
+   `nightly/YYYY-MM-DD` (`.2`, `.3`... when it is re-run the same day).
+
+The branch moves by compare-and-swap, so two runs publishing at once both land, one after the
+other, each compared with the night before it. A fresh clone can `git checkout <tag>` and
+`dvc pull` exactly that night's model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from slimline.atomic import write_json, write_text
+from slimline.errors import SlimlineError
+from slimline.nightly.commands import run_quiet, run_streaming
+from slimline.nightly.pipeline import load_pipeline
+from slimline.nightly.storage import S3Settings, configure_dvc_remote
+from slimline.nightly.step import _storage_reason
+
+REPORT = Path("reports/report.md")
+GATE_METRICS = Path("metrics/evaluate.json")
+COMPARISON_HEADING = "## Compared with the previous night"
+ZERO_OID = "0" * 40
+ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Published:
+    tag: str
+    commit: str
+    branch: str
+    previous: str | None
+    workspace: str
+    report: str
+    stage_logs: str
+    task_logs: str
+    model: str
+    remote: str
+
+
+def gate_verdict(workspace: Path) -> tuple[bool, str]:
+    """(passed, why). A metrics file without `gate_passed` counts as passed, and says so."""
+    path = workspace / GATE_METRICS
+    if not path.is_file():
+        raise SlimlineError(f"publish: {GATE_METRICS} is missing in {workspace}; did evaluate run?")
+    metrics = json.loads(path.read_text())
+    if "gate_passed" not in metrics:
+        return True, f"{GATE_METRICS} has no gate_passed key: treated as passed"
+    passed = bool(metrics["gate_passed"])
+    return passed, f"evaluate's gate {'passed' if passed else 'failed'} ({GATE_METRICS}: gate_passed = {metrics['gate_passed']})"
+
+
+def git_identity() -> dict[str, str]:
+    name = os.environ.get("SLIMLINE_GIT_NAME", "Slimline nightly")
+    email = os.environ.get("SLIMLINE_GIT_EMAIL", "slimline-nightly@localhost")
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def branch_tip(repo: Path, branch: str) -> str | None:
+    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+                            cwd=repo, capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def comparison_section(workspace: Path, previous: str | None, previous_name: str) -> str:
+    if previous is None:
+        return f"{COMPARISON_HEADING}\n\nThe first published night: nothing to compare with.\n"
+    diff = run_quiet(["dvc", "metrics", "diff", previous, "--md", "--precision", "4"], workspace,
+                     what="dvc metrics diff")
+    table = diff.strip() or "No metric changed."
+    return f"{COMPARISON_HEADING}\n\n`dvc metrics diff` against {previous_name} ({previous[:10]}):\n\n{table}\n"
+
+
+def add_comparison(workspace: Path, section: str) -> None:
+    report = workspace / REPORT
+    text = report.read_text() if report.is_file() else "# Slimline nightly report\n"
+    text = text.split(f"\n{COMPARISON_HEADING}\n")[0].rstrip("\n")  # idempotent on retries
+    write_text(report, f"{text}\n\n{section}")
+
+
+def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
+                on_line: Callable[[str], None]) -> None:
+    output: list[str] = []
+
+    def keep(line: str) -> None:
+        output.append(line)
+        on_line(line)
+
+    on_line(f"$ dvc {' '.join(arguments)}")
+    if run_streaming(["dvc", *arguments], workspace, dict(os.environ), keep, settings.secrets()) != 0:
+        reason = _storage_reason(output) or next(
+            (line for line in reversed(output) if line.startswith("ERROR")), "see the output above")
+        raise SlimlineError(f"publish: dvc {arguments[0]} to {settings.where} failed: {reason}; "
+                            "nothing was committed or tagged")
+
+
+def _tracked_outputs(workspace: Path) -> list[str]:
+    """Files that live in git rather than in the DVC cache: the lock, params, metrics."""
+    paths = ["dvc.lock", "params.yaml"]
+    for stage in load_pipeline(workspace / "dvc.yaml").values():
+        paths += [out.path for out in stage.outputs if not out.cached and (workspace / out.path).exists()]
+    return paths
+
+
+def _commit(workspace: Path, previous: str | None, message: str) -> str:
+    env = {**os.environ, **git_identity()}
+    run_quiet(["git", "add", "--force", "--", *_tracked_outputs(workspace)], workspace, env)
+    tree = run_quiet(["git", "write-tree"], workspace, env).strip()
+    source = run_quiet(["git", "rev-parse", "HEAD"], workspace, env).strip()
+    parents = (["-p", previous] if previous else []) + ["-p", source]
+    return run_quiet(["git", "commit-tree", tree, *parents, "-m", message], workspace, env).strip()
+
+
+def _create_tag(repo: Path, date: str, commit: str, message: str) -> str:
+    env = {**os.environ, **git_identity()}
+    for attempt in range(1, 100):
+        tag = f"nightly/{date}" if attempt == 1 else f"nightly/{date}.{attempt}"
+        # `git tag` without --force refuses an existing name, so concurrent runs cannot clash.
+        result = subprocess.run(["git", "tag", "--annotate", tag, commit, "--message", message],
+                                cwd=repo, env=env, capture_output=True, text=True)
+        if result.returncode == 0:
+            return tag
+        if "already exists" not in result.stderr:
+            raise SlimlineError(f"publish: git tag {tag} failed: {result.stderr.strip()}")
+    raise SlimlineError(f"publish: too many tags for {date}")
+
+
+def shipped_model_path(workspace: Path) -> str:
+    artifacts = (yaml.safe_load((workspace / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
+    models = [spec["path"] for spec in artifacts.values() if spec.get("type") == "model"]
+    return models[0] if models else "models"
+
+
+def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str,
+            date: str, run_id: str, on_line: Callable[[str], None] = print,
+            git_remote: str | None = None) -> Published:
+    repo = workspace  # a worktree shares its repository's branches and tags
+    configure_dvc_remote(workspace, settings)
+    for attempt in range(ATTEMPTS):
+        previous = branch_tip(repo, branch)
+        previous_tag = _tag_of(repo, previous) if previous else None
+        section = comparison_section(workspace, previous, previous_tag or f"the tip of {branch}")
+        add_comparison(workspace, section)
+        write_text(run_dir / "comparison.md", section)
+        on_line(section)
+        # The report changed after evaluate wrote it: record its new hash, then push everything.
+        run_quiet(["dvc", "commit", "--force", "--quiet"], workspace, what="dvc commit")
+        _dvc_remote(["push", "--run-cache"], workspace, settings, on_line)
+        commit = _commit(workspace, previous, f"nightly {date}: run {run_id}")
+        moved = subprocess.run(["git", "update-ref", "-m", f"slimline nightly {run_id}",
+                                f"refs/heads/{branch}", commit, previous or ZERO_OID],
+                               cwd=repo, capture_output=True, text=True)
+        if moved.returncode == 0:
+            break
+        on_line(f"publish: {branch} moved while publishing (another run?); retrying on its new tip")
+    else:
+        raise SlimlineError(f"publish: could not update branch {branch} after {ATTEMPTS} attempts")
+    tag = _create_tag(repo, date, commit, f"Slimline nightly {date} (run {run_id})")
+    if git_remote:
+        run_quiet(["git", "push", git_remote, f"refs/heads/{branch}", f"refs/tags/{tag}"], repo,
+                  what=f"git push to {git_remote}")
+    published = Published(
+        tag=tag, commit=commit, branch=branch, previous=previous, workspace=str(workspace),
+        report=str(workspace / REPORT), stage_logs=str(workspace / "logs"),
+        task_logs=str(run_dir / "logs"), model=str(workspace / shipped_model_path(workspace)),
+        remote=settings.where)
+    write_json(run_dir / "published.json", asdict(published))
+    return published
+
+
+def _tag_of(repo: Path, commit: str) -> str | None:
+    result = subprocess.run(["git", "describe", "--tags", "--exact-match", "--match", "nightly/*", commit],
+                            cwd=repo, capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+EXIT_GATE_FAILED, EXIT_STORAGE, EXIT_BAD_INPUT = 4, 3, 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m slimline.nightly.publish --run-id ID --date YYYY-MM-DD --run-dir DIR  (cwd: workspace)"""
+    parser = argparse.ArgumentParser(prog="python -m slimline.nightly.publish")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--date", required=True, help="the night, YYYY-MM-DD (UTC)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="the run's log folder")
+    parser.add_argument("--branch", default="nightly", help="the versioning branch")
+    parser.add_argument("--git-remote", help="also push the branch and the tag to this git remote")
+    args = parser.parse_args(argv)
+    workspace = Path.cwd()
+    try:
+        passed, why = gate_verdict(workspace)
+        print(f"publish: {why}", flush=True)
+        if not passed:
+            print("publish: not publishing; the previous night stays the latest", flush=True)
+            sys.exit(EXIT_GATE_FAILED)
+        published = publish(workspace, args.run_dir, S3Settings.from_env(), branch=args.branch,
+                            date=args.date, run_id=args.run_id, git_remote=args.git_remote,
+                            on_line=lambda line: print(line, flush=True))
+    except SlimlineError as exc:
+        print(f"slimline nightly: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_STORAGE if " to s3://" in str(exc) or str(exc).startswith("storage") else EXIT_BAD_INPUT)
+    print(f"publish: tagged {published.tag} ({published.commit[:10]}) on branch {published.branch}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""One stage of one run, as a runner executes it (the same command locally or in a container):
+
+    python -m slimline.nightly.step <stage> [--upstream FILE] [--result FILE]     (cwd: the workspace)
+
+1. take the upstream stages' results (their dvc.lock entries and git-tracked outputs such as
+   metrics), so this machine knows exactly which artifacts to fetch;
+2. `dvc repro --pull --single-item <stage>`: fetch missing deps from the remote, then either
+   restore the stage from DVC's run cache (same code, params and deps ran before: nothing is
+   recomputed) or run its command;
+3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote;
+4. write this stage's result for the downstream tasks.
+
+Everything DVC and the stage print goes to stdout, which the runner streams into the task log.
+Exit codes: 0 done, 2 bad input (the same input would fail again: do not retry),
+3 storage refused or unreachable, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from slimline.atomic import write_json
+from slimline.errors import SlimlineError
+from slimline.nightly.commands import run_streaming
+from slimline.nightly.pipeline import load_pipeline
+from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
+
+EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
+REUSED_MARKERS = ("is cached - skipping run", "didn't change, skipping", "Pulling data for")
+S3_CODES = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|NoSuchBucket|"
+                      r"Forbidden|ExpiredToken)\b")
+UNREACHABLE = re.compile(r"Could not connect|Connection refused|Name or service not known|"
+                         r"EndpointConnectionError|timed out", re.IGNORECASE)
+
+
+class StepError(Exception):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def apply_upstream(workspace: Path, results: list[dict]) -> None:
+    """Merge upstream lock entries into dvc.lock and write their git-tracked outputs.
+
+    On the machine that ran them this changes nothing; elsewhere it is what lets DVC pull them.
+    """
+    if not results:
+        return
+    lock_file = workspace / "dvc.lock"
+    lock = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None
+    lock = lock or {"schema": "2.0", "stages": {}}
+    for result in results:
+        lock["stages"][result["stage"]] = result["lock"]
+        for relative, text in result.get("files", {}).items():
+            target = workspace / relative
+            if not target.is_file() or target.read_text() != text:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def stage_result(workspace: Path, stage: str, reused: bool) -> dict:
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    entry = lock["stages"][stage]
+    uncached = [output.path for output in load_pipeline(workspace / "dvc.yaml")[stage].outputs
+                if not output.cached]
+    files = {}
+    for relative in uncached:
+        path = workspace / relative
+        if path.is_file():
+            files[relative] = path.read_text()
+    return {"stage": stage, "lock": entry, "files": files, "reused": reused}
+
+
+def _storage_reason(output: list[str]) -> str | None:
+    text = "\n".join(output)
+    code = S3_CODES.search(text)
+    if code:
+        return explain_s3_error(code.group(1))
+    if UNREACHABLE.search(text):
+        return "the storage endpoint cannot be reached"
+    return None
+
+
+def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[str]:
+    output: list[str] = []
+
+    def show(line: str) -> None:
+        output.append(line)
+        print(line, flush=True)
+
+    print(f"$ dvc {' '.join(arguments)}", flush=True)
+    code = run_streaming(["dvc", *arguments], workspace, dict(os.environ), show, settings.secrets())
+    if code == 0:
+        return output
+    stage_exit = re.search(r"exited with (\d+)", "\n".join(output))
+    if stage_exit:
+        stage_code = int(stage_exit.group(1))
+        kind = "bad input" if stage_code == EXIT_BAD_INPUT else "failure"
+        raise StepError(f"the stage command failed ({kind}, exit {stage_code}); its error line "
+                        "and log are above", EXIT_BAD_INPUT if stage_code == EXIT_BAD_INPUT else EXIT_FAILED)
+    reason = _storage_reason(output)
+    verb = arguments[0]
+    if reason:
+        raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
+    errors = [line for line in output if line.startswith("ERROR")]
+    raise StepError(f"dvc {verb} failed (exit {code}): {errors[-1] if errors else 'see the output above'}",
+                    EXIT_FAILED)
+
+
+def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
+    settings = S3Settings.from_env()
+    configure_dvc_remote(workspace, settings)
+    apply_upstream(workspace, upstream)
+    output = _dvc(["repro", "--pull", "--single-item", stage], workspace, settings)
+    reused = any(marker in line for line in output for marker in REUSED_MARKERS)
+    _dvc(["push", "--run-cache", stage], workspace, settings)
+    return stage_result(workspace, stage, reused)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m slimline.nightly.step")
+    parser.add_argument("stage")
+    parser.add_argument("--upstream", type=Path, help="JSON list of the upstream stages' results")
+    parser.add_argument("--result", type=Path, help="where to write this stage's result (JSON)")
+    args = parser.parse_args(argv)
+    workspace = Path.cwd()
+    try:
+        upstream = json.loads(args.upstream.read_text()) if args.upstream else []
+        result = run_step(args.stage, workspace, upstream)
+    except StepError as exc:
+        print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except SlimlineError as exc:
+        print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_STORAGE if str(exc).startswith("storage") else EXIT_BAD_INPUT)
+    if args.result:
+        write_json(args.result, result)
+    print(f"slimline nightly: stage {args.stage} {'reused from the run cache' if result['reused'] else 'ran'}"
+          f"; outputs pushed to {S3Settings.from_env().where}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The Airflow task callables of dags/slimline_nightly.py (the only module here that knows Airflow).
+
+setup_workspace  validate the run's overrides and the storage, create the run's worktree
+run_stage        one dvc.yaml stage through the configured runner (pull deps, repro, push outs)
+publish          through the runner: gate check, push, versioning branch + tag, comparison
+
+Failures that a retry cannot fix (bad overrides, refused credentials, a stage's bad-input exit)
+raise AirflowFailException, so the run fails at once instead of retrying for an hour.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from slimline.errors import SlimlineError
+from slimline.nightly.config import NightlyConfig
+from slimline.nightly.pipeline import load_pipeline
+from slimline.nightly.runner import Job, JobFailed, get_runner
+from slimline.nightly.storage import S3Settings, check_access
+from slimline.nightly.workspace import (ensure_workspace, params_with_overrides,
+                                        remove_old_workspaces, resolve_revision)
+
+log = logging.getLogger("slimline.nightly")
+SETUP_TASK = "setup_workspace"
+PERMANENT_EXIT_CODES = {2}      # a stage's bad input: the same input fails again
+GATE_FAILED_EXIT_CODE = 4
+
+
+def _config(project: str) -> NightlyConfig:
+    """`project` is the DAG file's project folder; SLIMLINE_REPO overrides it."""
+    return NightlyConfig.from_env(default_repo=Path(project))
+
+
+def storage_settings(config: NightlyConfig) -> S3Settings:
+    """From the Airflow connection SLIMLINE_S3_CONN_ID when set, else from the environment."""
+    if config.s3_conn_id:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(config.s3_conn_id)
+        extra = conn.extra_dejson or {}
+        bucket = extra.get("bucket") or os.environ.get("SLIMLINE_S3_BUCKET")
+        if not bucket:
+            raise SlimlineError(f"storage: connection {config.s3_conn_id} has no extra 'bucket'")
+        settings = S3Settings(bucket=bucket, endpoint=extra.get("endpoint_url") or conn.host or None,
+                              prefix=str(extra.get("prefix", "slimline")).strip("/"),
+                              region=extra.get("region_name"), access_key=conn.login,
+                              secret_key=conn.password)
+    else:
+        settings = S3Settings.from_env()
+    from airflow.sdk.log import mask_secret
+
+    for secret in settings.secrets():
+        mask_secret(secret)  # Airflow's own masker too: no task log line can show a key
+    return settings
+
+
+def _runner_name(config: NightlyConfig) -> str:
+    from airflow.sdk import Variable
+
+    return Variable.get("slimline_runner", default=None) or config.runner
+
+
+def _night(context) -> str:
+    dag_run = context["dag_run"]
+    when = context.get("logical_date") or dag_run.run_after
+    return when.strftime("%Y-%m-%d")
+
+
+def setup_workspace(project: str, **context) -> dict:
+    config = _config(project)
+    overrides = (context["params"] or {}).get("overrides") or {}
+    run_id = context["run_id"]
+    try:
+        revision = resolve_revision(config.repo, config.source_ref)
+        params_with_overrides(config.repo, revision, overrides)  # before any work
+        get_runner(_runner_name(config))
+        settings = storage_settings(config)
+        check_access(settings)
+    except SlimlineError as exc:
+        if "cannot reach" in str(exc):
+            raise  # storage down may come back: let the retries have a go
+        raise AirflowFailException(str(exc)) from None
+    workspace = ensure_workspace(config.repo, config.state_dir, run_id, revision, overrides)
+    removed = remove_old_workspaces(config.state_dir, config.repo, config.keep_runs, workspace.key)
+    log.info("run %s builds %s (%s) in %s; overrides: %s; storage: %s; old workspaces removed: %s",
+             run_id, config.source_ref, revision[:10], workspace.root, overrides or "none",
+             settings.where, removed or "none")
+    return {"run_id": run_id, "revision": revision, "overrides": overrides,
+            "workspace": str(workspace.root), "run_dir": str(workspace.run_dir)}
+
+
+def _workspace_for(context, config: NightlyConfig):
+    setup = context["ti"].xcom_pull(task_ids=SETUP_TASK)
+    return ensure_workspace(config.repo, config.state_dir, setup["run_id"], setup["revision"],
+                            setup["overrides"])
+
+
+def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace) -> None:
+    settings = storage_settings(config)
+    runner = get_runner(_runner_name(config))
+    job = Job(task=task, module_args=module_args, workspace=workspace.root, env=settings.env(),
+              secrets=settings.secrets(), log_file=workspace.task_log(task))
+    log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
+    runner.run(job, log.info)
+
+
+def run_stage(project: str, stage: str, **context) -> dict:
+    import json
+
+    config = _config(project)
+    workspace = _workspace_for(context, config)
+    upstream = load_pipeline(workspace.root / "dvc.yaml")[stage].upstream
+    results = [context["ti"].xcom_pull(task_ids=name) for name in upstream]
+    exchange = workspace.root / ".dvc" / "tmp" / "nightly"  # git-ignored, per workspace
+    exchange.mkdir(parents=True, exist_ok=True)
+    upstream_file, result_file = exchange / f"{stage}.upstream.json", exchange / f"{stage}.result.json"
+    upstream_file.write_text(json.dumps([r for r in results if r]))
+    result_file.unlink(missing_ok=True)
+    try:
+        _run_job(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
+                                 "--result", str(result_file)], workspace)
+    except JobFailed as exc:
+        if exc.exit_code in PERMANENT_EXIT_CODES:
+            raise AirflowFailException(f"stage {stage}: {exc}") from None
+        raise RuntimeError(f"stage {stage}: {exc}") from None
+    return json.loads(result_file.read_text())
+
+
+def publish(project: str, **context) -> dict:
+    import json
+
+    config = _config(project)
+    workspace = _workspace_for(context, config)
+    arguments = ["slimline.nightly.publish", "--run-id", context["run_id"], "--date", _night(context),
+                 "--run-dir", str(workspace.run_dir), "--branch", config.branch]
+    if config.git_remote:
+        arguments += ["--git-remote", config.git_remote]
+    (workspace.run_dir / "published.json").unlink(missing_ok=True)
+    try:
+        _run_job(config, "publish", arguments, workspace)
+    except JobFailed as exc:
+        if exc.exit_code == GATE_FAILED_EXIT_CODE:
+            raise AirflowSkipException(f"publish: {exc}") from None
+        raise RuntimeError(f"publish: {exc}") from None
+    published = json.loads((workspace.run_dir / "published.json").read_text())
+    log.info("published %s: report %s, stage logs %s, model %s", published["tag"],
+             published["report"], published["stage_logs"], published["model"])
+    return published

@@ -1,0 +1,201 @@
+"""quantize: the explicit scale/zero-point math, ORT agreeing with it, the CPU-driven choice of
+settings, and the real stage on a tiny teacher (accuracy, determinism, bad input)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from conftest import ROOT, reduced_params, run
+from slimline.data import load_split
+from slimline.linear_quant import (asymmetric_uint8, dequantize, quantization_error, quantize,
+                                   symmetric_int8)
+from slimline.measure import onnx_accuracy
+from slimline.params import QuantizeParams
+from slimline.quantize import (choose_int8_target, cpu_int8_features, quantize_model)
+from slimline.runtime import make_session
+
+
+# ----------------------------------------------------------------------------- the math
+
+def test_asymmetric_uint8_on_a_known_tensor():
+    x = np.array([-1.0, 0.0, 0.5, 2.0], np.float32)
+    params = asymmetric_uint8(x)
+    assert params.scale == pytest.approx(3.0 / 255)
+    assert params.zero_point == 85                      # round(1 / (3/255)) = 85
+    q = quantize(x, params)
+    assert q.dtype == np.uint8 and q.tolist() == [0, 85, 128, 255]
+    assert np.abs(dequantize(q, params) - x).max() <= params.scale / 2 + 1e-7
+
+
+def test_asymmetric_range_always_contains_zero():
+    params = asymmetric_uint8(np.array([1.0, 2.0], np.float32))   # widened to [0, 2]
+    assert params.zero_point == 0 and params.scale == pytest.approx(2.0 / 255)
+    assert dequantize(quantize(np.zeros(1, np.float32), params), params)[0] == 0.0
+
+
+def test_symmetric_int8_per_channel_and_reduced_range():
+    weight = np.array([[-2.0, 1.0], [0.5, -0.25]], np.float32)
+    params = symmetric_int8(weight, axis=0)
+    np.testing.assert_allclose(params.scale, [2 / 127, 0.5 / 127], rtol=1e-6)
+    assert params.zero_point.tolist() == [0, 0]
+    assert quantize(weight, params).tolist() == [[-127, 64], [127, -64]]
+    reduced = symmetric_int8(weight, axis=0, reduce_range=True)
+    np.testing.assert_allclose(reduced.scale, [2 / 64, 0.5 / 64], rtol=1e-6)
+    assert quantize(weight, reduced).min() >= -64
+    # 8 bits are ~6 dB better than 7 on the same tensor
+    rng = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    gap = quantization_error(rng, symmetric_int8(rng, 0)).sqnr_db - \
+        quantization_error(rng, symmetric_int8(rng, 0, reduce_range=True)).sqnr_db
+    assert 4 < gap < 8
+
+
+def test_all_zero_tensor_quantizes_exactly():
+    zeros = np.zeros((3, 3), np.float32)
+    for params in (asymmetric_uint8(zeros), symmetric_int8(zeros)):
+        assert quantization_error(zeros, params).max_abs == 0.0
+
+
+# ----------------------------------------------------------------------------- CPU choice
+
+AVX2_ONLY = "processor: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+VNNI = "flags\t\t: avx2 avx512f avx512bw avx512_vnni amx_tile amx_int8\n"
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    assert cpu_int8_features(AVX2_ONLY) == {"avx2"}
+    assert {"avx512_vnni", "amx_int8"} <= cpu_int8_features(VNNI)
+
+
+def test_defaults_land_on_the_fast_path():
+    auto = QuantizeParams()
+    no_vnni = choose_int8_target(auto, cpu_int8_features(AVX2_ONLY), machine="x86_64")
+    assert (no_vnni.activation_type, no_vnni.reduce_range) == ("uint8", True)
+    vnni = choose_int8_target(auto, cpu_int8_features(VNNI), machine="x86_64")
+    assert (vnni.activation_type, vnni.reduce_range) == ("uint8", False)
+    arm = choose_int8_target(auto, set(), machine="aarch64")
+    assert arm.activation_type == "int8"
+    forced = choose_int8_target(QuantizeParams(activation_type="int8", reduce_range=False), set(), "x86_64")
+    assert (forced.activation_type, forced.reduce_range) == ("int8", False)
+
+
+# ----------------------------------------------------------------------------- ORT agreement
+
+@pytest.fixture(scope="module")
+def tiny(tiny_teacher):
+    data = tiny_teacher / "data"
+    return {"folder": tiny_teacher, "fp32": onnx.load(str(tiny_teacher / "teacher" / "model.onnx")),
+            **{name: load_split(data / f"{name}.npz") for name in ("calibration", "val", "test")}}
+
+
+def test_ort_chose_the_scales_the_formulas_give(tiny):
+    config = QuantizeParams()
+    for features in (set(), {"avx512_vnni"}):   # 7-bit and 8-bit weights
+        target = choose_int8_target(config, features, machine="x86_64")
+        quantized, report = quantize_model(tiny["fp32"], tiny["calibration"], config, target)
+        weights = [row for row in report.tensors if row.kind == "weight"]
+        assert len(weights) >= 5
+        assert all(row.scale_agreement < 1e-6 for row in weights), weights
+        # the graph input's uint8 range is the calibration images' min/max (MinMax calibration)
+        initializers = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+        node = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+        ours = asymmetric_uint8(tiny["calibration"].images)
+        assert initializers[node.input[1]] == pytest.approx(float(ours.scale), rel=1e-6)
+        assert int(initializers[node.input[2]]) == int(ours.zero_point)
+        assert all(row.sqnr_db > 25 for row in report.tensors)
+
+
+@pytest.mark.parametrize("scheme, op", [("dynamic", "MatMulInteger"), ("weight_only_4bit", "MatMulNBits")])
+def test_other_schemes_quantize_matmuls_and_keep_accuracy(tiny, scheme, op):
+    config = QuantizeParams(scheme=scheme)
+    quantized, report = quantize_model(tiny["fp32"], tiny["calibration"], config,
+                                       choose_int8_target(config, set(), "x86_64"))
+    assert report.quantized_ops.get(op, 0) >= 1
+    path = tiny["folder"] / f"{scheme}.onnx"
+    onnx.save(quantized, str(path))
+    fp32 = onnx_accuracy(make_session(tiny["folder"] / "teacher" / "model.onnx"), tiny["test"])
+    assert onnx_accuracy(make_session(path), tiny["test"]) >= fp32 - 0.02
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def quantize_stage(folder, name, check=True, **quantize):
+    params = reduced_params(quantize={"enabled": True, "latency_runs": 20, "latency_rounds": 2, **quantize})
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(params))
+    return run([sys.executable, "-m", "stages.quantize", "--params", str(folder / f"{name}.yaml"),
+                "--input", str(folder / "teacher"), "--data", str(folder / "data"),
+                "--output", str(folder / name), "--metrics", str(folder / f"{name}.json")],
+               ROOT, check=check, timeout=600)
+
+
+def test_static_int8_keeps_accuracy_and_calibration_is_byte_identical(tiny_teacher):
+    quantize_stage(tiny_teacher, "int8_a")
+    quantize_stage(tiny_teacher, "int8_b")
+    first = (tiny_teacher / "int8_a" / "model.onnx").read_bytes()
+    assert first == (tiny_teacher / "int8_b" / "model.onnx").read_bytes()
+    metrics = json.loads((tiny_teacher / "int8_a.json").read_text())
+    assert metrics["enabled"] == 1
+    assert metrics["int8_test_top1"] >= metrics["fp32_test_top1"] - 0.01   # within 1 point (tiny model)
+    assert metrics["size_ratio"] < 0.5      # tiny graphs carry relatively more scales than big ones
+    recipe = json.loads((tiny_teacher / "int8_a" / "recipe.json").read_text())
+    assert recipe["precision"] == "int8-static-qdq" and recipe["history"][-1] == "quantize"
+    assert not (tiny_teacher / "int8_a" / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_is_deterministic_too(tiny_teacher, method):
+    quantize_stage(tiny_teacher, f"{method}_a", calibration_method=method)
+    quantize_stage(tiny_teacher, f"{method}_b", calibration_method=method)
+    assert (tiny_teacher / f"{method}_a" / "model.onnx").read_bytes() == \
+        (tiny_teacher / f"{method}_b" / "model.onnx").read_bytes()
+
+
+def test_qat_ships_a_qdq_model_within_bound(tiny_teacher):
+    quantize_stage(tiny_teacher, "qat", scheme="qat", qat={"epochs": 1, "learning_rate": 0.005})
+    metrics = json.loads((tiny_teacher / "qat.json").read_text())
+    assert metrics["int8_test_top1"] >= metrics["fp32_test_top1"] - 0.02
+    model = onnx.load(str(tiny_teacher / "qat" / "model.onnx"))
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def test_disabled_passes_the_model_through(tiny_teacher):
+    quantize_stage(tiny_teacher, "off", enabled=False)
+    assert (tiny_teacher / "off" / "model.onnx").read_bytes() == \
+        (tiny_teacher / "teacher" / "model.onnx").read_bytes()
+    assert json.loads((tiny_teacher / "off.json").read_text())["enabled"] == 0
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_empty_calibration_set_is_one_clear_line(tiny_teacher, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val", "test"):
+        (data / f"{name}.npz").write_bytes((tiny_teacher / "data" / f"{name}.npz").read_bytes())
+    with open(data / "calibration.npz", "wb") as handle:
+        np.savez(handle, images=np.zeros((0, 1, 28, 28), np.float32), labels=np.zeros(0, np.int64))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(reduced_params(quantize={"enabled": True})))
+    result = run([sys.executable, "-m", "stages.quantize", "--params", str(params),
+                  "--input", str(tiny_teacher / "teacher"), "--data", str(data),
+                  "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")],
+                 ROOT, check=False, timeout=300)
+    line = one_line_error(result)
+    assert "calibration.npz" in line and "empty" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_calibration_method_is_one_clear_line(tiny_teacher):
+    result = quantize_stage(tiny_teacher, "bad_method", check=False, calibration_method="kl")
+    line = one_line_error(result)
+    assert "quantize.calibration_method" in line and "'kl'" in line
+    assert not (tiny_teacher / "bad_method").exists()
