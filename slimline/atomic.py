@@ -1,4 +1,9 @@
-"""Atomic writes: build next to the target, then rename, so a killed stage leaves no half file."""
+"""Atomic writes: build next to the target, then rename, so a killed stage leaves no half file.
+
+Temporaries are hidden siblings named `.TARGET.tmp-*` (the new content) and `.TARGET.old-*`
+(a directory being replaced). A later write of the same target deletes leftovers of a killed
+one, so re-running needs no manual cleanup; DVC and git ignore them (.dvcignore, .gitignore).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,28 +14,27 @@ import tempfile
 from pathlib import Path
 
 
-def _tmp_sibling(target: Path, is_dir: bool) -> Path:
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fresh_sibling(target: Path, kind: str, is_dir: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
+    prefix = f".{target.name}.{kind}-"
+    if kind == "tmp":  # one writer per target: stages never write each other's outs
+        for leftover in target.parent.glob(f".{target.name}.*-*"):
+            _remove(leftover)
     if is_dir:
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
         path.chmod(0o755)  # mkdtemp's 0700 would hide artifacts from a container's other user
         return path
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-    os.close(fd)
+    handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+    os.close(handle)
     os.chmod(name, 0o644)
     return Path(name)
-
-
-def remove_stale_temps(parent: Path) -> None:
-    """Delete leftovers of earlier killed writes (`.NAME.tmp-*`), so re-running needs no cleanup."""
-    if not parent.is_dir():
-        return
-    for leftover in parent.glob(".*.tmp-*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
@@ -42,7 +46,7 @@ def _fsync(path: Path) -> None:
 def atomic_file(target: str | os.PathLike):
     """Yield a temp path; on success fsync it and rename it over `target`."""
     target = Path(target)
-    tmp = _tmp_sibling(target, is_dir=False)
+    tmp = _fresh_sibling(target, "tmp", is_dir=False)
     try:
         yield tmp
         _fsync(tmp)
@@ -53,26 +57,25 @@ def atomic_file(target: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike):
-    """Yield a temp directory; on success swap it in place of `target` in one rename."""
+    """Yield a temp directory; on success swap it in place of `target`."""
     target = Path(target)
-    tmp = _tmp_sibling(target, is_dir=True)
+    tmp = _fresh_sibling(target, "tmp", is_dir=True)
     try:
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():
                 _fsync(child)
         if target.exists():
-            # Move the old one aside first: rename cannot replace a non-empty directory.
-            old = _tmp_sibling(target, is_dir=True)
-            os.rmdir(old)
+            # rename cannot replace a non-empty directory: move the old one aside first.
+            old = _fresh_sibling(target, "old", is_dir=True)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, target)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
 
 
 def write_json(target: str | os.PathLike, data) -> None:

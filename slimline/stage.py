@@ -7,6 +7,7 @@ with the traceback (if any) kept in the stage's log file for whoever debugs it.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -70,6 +71,15 @@ def add_lineage(path: Path, params_file: Path, seed: int) -> None:
     write_json(path, metrics)
 
 
+def raise_unexpected(stage: str, exc: BaseException, log: logging.Logger, log_file: Path | None):
+    log.error("unexpected failure", exc_info=exc)
+    where = f" (traceback in {log_file})" if log_file else ""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    print(f"slimline {stage}: unexpected error: {type(exc).__name__}: {first_line}{where}",
+          file=sys.stderr)
+    sys.exit(EXIT_CRASH)
+
+
 def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Logger], None],
               add_arguments: Callable[[argparse.ArgumentParser], None],
               argv: list[str] | None = None) -> None:
@@ -91,13 +101,15 @@ def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Lo
         log.error("%s", exc)
         print(f"slimline {stage}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise_unexpected(stage, exc, log, args.log)
+        print(f"slimline {stage}: error: {exc.filename or 'output'}: no space left on device; "
+              "nothing was published", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"slimline {stage}: interrupted; no output was published", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # a bug or an unforeseen input: one line here, the traceback in the log
-        log.exception("unexpected failure")
-        where = f" (traceback in {args.log})" if args.log else ""
-        print(f"slimline {stage}: unexpected error: {type(exc).__name__}: {exc}{where}".splitlines()[0],
-              file=sys.stderr)
-        sys.exit(EXIT_CRASH)
+        raise_unexpected(stage, exc, log, args.log)
     log.info("stage %s finished in %.1f s", stage, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from slimline.report import confusion_plot, markdown_report, triangle_plot
 from slimline.runtime import make_session
 from slimline.stage import run_stage, write_metrics
 from slimline.stats import paired_difference, smallest_detectable_difference, speedup_spread, too_noisy
+from slimline.trend import predictions_record
 
 
 def add_arguments(parser):
@@ -26,6 +27,8 @@ def add_arguments(parser):
                              "the last is the shipped model")
     parser.add_argument("--report", type=Path, required=True, help="output: report folder")
     parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
+    parser.add_argument("--predictions", type=Path,
+                        help="output: the shipped model's test predictions (for night-over-night)")
 
 
 def parse_models(specs: list[str]) -> dict[str, Path]:
@@ -150,6 +153,9 @@ def main(args, params, log):
         metrics[f"gate.{check.name.replace(' ', '_')}.margin"] = check.margin
     metrics.update(flatten({"data_sha256": origin["data_sha256"]}))
     write_metrics(args.metrics, metrics)
+    if args.predictions:
+        write_json(args.predictions, predictions_record(test.labels, logits[shipped].argmax(1),
+                                                        origin["data_sha256"]["test"]))
     log.info("report: %s; gate %s", args.report / "report.md", "PASSED" if gate_passed else "FAILED")
     if not gate_passed:
         raise SlimlineError(f"gate failed for the shipped model '{shipped}': see {args.report / 'report.md'}")

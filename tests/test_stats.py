@@ -83,3 +83,22 @@ def test_sha256_of_a_known_file(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert sha256_file(tmp_path / "f") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+def test_night_over_night_is_paired_on_the_same_items(tmp_path):
+    from slimline.trend import compare_nights, predictions_record, trend_section
+
+    labels = np.arange(100) % 10
+    before = labels.copy()
+    before[:3] = (labels[:3] + 1) % 10            # previous night: 3 wrong
+    after = labels.copy()
+    after[90:98] = (labels[90:98] + 1) % 10       # tonight: those 3 fixed, 8 others broken
+    text = compare_nights(predictions_record(labels, before, "h"), predictions_record(labels, after, "h"))
+    assert "-5.0 points" in text and "3 test items gained, 8 lost" in text
+    assert "cannot be paired" in compare_nights(predictions_record(labels, before, "a"),
+                                                predictions_record(labels, after, "b"))
+    section = trend_section([("nightly/2026-11-26", {"quantized.top1": 0.98, "gate_passed": 1}),
+                             ("nightly/2026-11-27", {"quantized.top1": 0.97, "gate_passed": 0})],
+                            tmp_path / "trend.png")
+    assert "| nightly/2026-11-27 | 97.000 |" in section
+    assert (tmp_path / "trend.png").read_bytes()[:4] == b"\x89PNG"

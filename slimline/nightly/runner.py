@@ -59,7 +59,8 @@ class LocalRunner:
         env = {key: value for key, value in os.environ.items() if not key.startswith(STORAGE_VARIABLES)}
         env.pop("PYTHONPATH", None)  # the scheduler's import path is not the project's
         bin_dir = str(Path(self.python).parent)
-        env.update(job.env, PYTHONUNBUFFERED="1", PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+        # DVC_NO_ANALYTICS: no usage reports from the stages' machines (and no waits on them offline).
+        env.update(job.env, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
         return env
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> None:

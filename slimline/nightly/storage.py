@@ -14,8 +14,9 @@ the processes that need them, and every message that could echo them is scrubbed
 """
 from __future__ import annotations
 
+import argparse
 import os
-import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +77,25 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def configure_dvc_remote(repo: Path, settings: S3Settings, dvc: str = "dvc") -> None:
-    """Make `nightly` the default DVC remote of `repo`, in .dvc/config.local (never committed)."""
-    commands = [["remote", "add", "--local", "--force", "--default", REMOTE_NAME, settings.url]]
+def configure_dvc_remote(repo: Path, settings: S3Settings) -> None:
+    """Make `nightly` the default DVC remote of `repo`, in .dvc/config.local (git-ignored).
+
+    Written with configobj, the library DVC reads its config with: each `dvc remote` call costs
+    seconds of start-up, and every task of every run does this.
+    """
+    from configobj import ConfigObj
+
+    if not (repo / ".dvc").is_dir():
+        raise SlimlineError(f"storage: {repo} is not a DVC project (no .dvc folder)")
+    config = ConfigObj(str(repo / ".dvc" / "config.local"))
+    config.setdefault("core", {})["remote"] = REMOTE_NAME
+    remote = {"url": settings.url}
     if settings.endpoint:
-        commands.append(["remote", "modify", "--local", REMOTE_NAME, "endpointurl", settings.endpoint])
+        remote["endpointurl"] = settings.endpoint
     if settings.region:
-        commands.append(["remote", "modify", "--local", REMOTE_NAME, "region", settings.region])
-    for command in commands:
-        result = subprocess.run([dvc, *command], cwd=repo, capture_output=True, text=True)
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise SlimlineError(f"storage: `dvc {' '.join(command[:2])}` failed in {repo}: "
-                                f"{detail[-1] if detail else 'exit ' + str(result.returncode)}")
+        remote["region"] = settings.region
+    config[f'remote "{REMOTE_NAME}"'] = remote
+    config.write()
 
 
 def _client(settings: S3Settings):
@@ -135,3 +142,28 @@ def check_access(settings: S3Settings) -> None:
     except BotoCoreError as exc:
         raise SlimlineError(f"storage: cannot reach {settings.where}: "
                             f"{scrub(str(exc), settings.secrets())}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`configure`: point this checkout's DVC at the remote (e.g. in a fresh clone, before `dvc pull`);
+    `check`: verify the bucket answers to these credentials."""
+    parser = argparse.ArgumentParser(prog="python -m slimline.nightly.storage")
+    parser.add_argument("action", choices=["configure", "check"])
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the DVC project (default: here)")
+    args = parser.parse_args(argv)
+    try:
+        settings = S3Settings.from_env()
+        if args.action == "configure":
+            configure_dvc_remote(args.repo, settings)
+            print(f"storage: DVC remote '{REMOTE_NAME}' -> {settings.where} (in .dvc/config.local; "
+                  "credentials stay in the environment)")
+        else:
+            check_access(settings)
+            print(f"storage: {settings.where} answers to these credentials")
+    except SlimlineError as exc:
+        print(f"slimline: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

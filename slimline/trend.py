@@ -1,0 +1,63 @@
+"""Night over night: the shipped model against the previous published night, and the trend.
+
+Evaluate records which test items the shipped model got right (`predictions.json`, kept in git
+beside the metrics), so a later night can compare on the same items with a paired interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slimline.stats import paired_difference
+
+TREND_KEYS = (("quantized.top1", "top-1 %", 100.0), ("quantized.size_mb", "size MB", 1.0),
+              ("quantized.latency_p50_ms", "p50 ms", 1.0), ("quantized.speedup", "speed-up ×", 1.0),
+              ("gate_passed", "gate", 1.0))
+
+
+def predictions_record(labels: np.ndarray, predictions: np.ndarray, test_sha256: str) -> dict:
+    return {"test_sha256": test_sha256, "labels": labels.tolist(), "predictions": predictions.tolist()}
+
+
+def compare_nights(previous: dict, current: dict, confidence: float = 0.95) -> str:
+    """A Markdown paragraph: the accuracy change since the previous night, paired on the test items."""
+    if previous.get("test_sha256") != current.get("test_sha256"):
+        return ("The test split changed since the previous night, so the accuracy change cannot be "
+                "paired item by item; compare the top-1 values in the trend table instead.")
+    labels = np.asarray(current["labels"])
+    paired = paired_difference(np.asarray(previous["predictions"]) == labels,
+                               np.asarray(current["predictions"]) == labels, confidence)
+    return (f"Shipped top-1 against the previous night: {100 * paired.difference:+.1f} points "
+            f"(paired {100 * confidence:.0f}% interval {100 * paired.low:+.1f} to "
+            f"{100 * paired.high:+.1f}; {paired.gained} test items gained, {paired.lost} lost; "
+            f"exact McNemar p = {paired.p_value:.3f}).")
+
+
+def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
+    """Markdown table + plot of the key metrics over `nights` (oldest first, (tag, metrics))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    header = "| night | " + " | ".join(label for _, label, _ in TREND_KEYS) + " |"
+    lines = ["## Trend over the last nights", "", header, "|" + "---|" * (len(TREND_KEYS) + 1)]
+    for tag, metrics in nights:
+        cells = [f"{metrics[key] * scale:.3f}" if isinstance(metrics.get(key), (int, float)) else "–"
+                 for key, _, scale in TREND_KEYS]
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for axis, (key, label, scale) in zip(axes, TREND_KEYS[:3]):
+        values = [metrics.get(key) for _, metrics in nights]
+        points = [(i, v * scale) for i, v in enumerate(values) if isinstance(v, (int, float))]
+        if points:
+            axis.plot(*zip(*points), marker="o")
+        axis.set_xticks(range(len(nights)), [tag.split("/")[-1] for tag, _ in nights], rotation=45,
+                        fontsize=7)
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(plot_path, dpi=100)
+    plt.close(figure)
+    return "\n".join(lines + ["", f"![trend]({plot_path.name})", ""])
