@@ -179,6 +179,8 @@ class EvaluateParams(Section):
 
 class Params(Section):
     seed: int = Field(0, ge=0)
+    # A deployment profile in profiles/<target>.yaml (recipe + budgets), or null for none.
+    target: Optional[str] = None
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     prepare: PrepareParams = PrepareParams()
@@ -189,7 +191,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
 
 
-def _describe(error: dict, source: str) -> str:
+def describe_error(error: dict, source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
@@ -200,15 +202,20 @@ def _describe(error: dict, source: str) -> str:
     return f"{source}: {key} = {value!r} is not allowed: {message}"
 
 
-def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+def parse_params(raw: dict, source: str = "params.yaml", profiles: Path | None = None) -> Params:
+    """Validate raw params; with `profiles` (a folder), fold in the `target` profile first."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SlimlineError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    if profiles is not None:
+        from slimline.profiles import apply_profile  # profiles validate through this module
+
+        raw = apply_profile(raw, profiles, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise SlimlineError(_describe(exc.errors()[0], source)) from None
+        raise SlimlineError(describe_error(exc.errors()[0], source)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -219,4 +226,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SlimlineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), profiles=path.parent / "profiles")

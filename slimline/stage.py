@@ -92,7 +92,8 @@ def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Lo
     started = time.perf_counter()
     try:
         params = load_params(args.params)
-        log.info("stage %s started (params %s, seed %d)", stage, args.params, params.seed)
+        log.info("stage %s started (params %s, seed %d, target profile: %s)", stage, args.params,
+                 params.seed, params.target or "none")
         main(args, params, log)
         metrics_file = getattr(args, "metrics", None)
         if metrics_file is not None and metrics_file.is_file():

@@ -11,6 +11,7 @@ import onnx
 
 from slimline.artifact import ONNX, load_model, read_recipe, write_onnx_artifact
 from slimline.data import load_split
+from slimline.errors import SlimlineError
 from slimline.measure import file_size, load_onnx, onnx_predict, time_interleaved
 from slimline.passthrough import pass_through
 from slimline.quantize import PRECISION, VNNI_FLAGS, choose_int8_target, cpu_int8_features, quantize_model
@@ -67,6 +68,9 @@ def main(args, params, log):
         return
     num_classes = params.model.num_classes
     recipe = read_recipe(args.input)
+    if recipe.precision != "fp32":
+        raise SlimlineError(f"{args.input}: model is already quantized ({recipe.precision}); "
+                            f"quantize needs an fp32 model")
     fp32_path = args.input / ONNX
     calibration = load_split(args.data / "calibration.npz", num_classes)
     val = load_split(args.data / "val.npz", num_classes)

@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", "profiles", ".dvcignore")
 
 # Overrides that make every stage small enough for CI on 2 cores while running the real code.
 REDUCED = {

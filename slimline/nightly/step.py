@@ -114,6 +114,35 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
                     EXIT_FAILED)
 
 
+def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> None:
+    """Push the run-cache copies of `cache: false` outputs (metrics) that `dvc push` leaves out.
+
+    DVC's run cache records them and restores them from the cache, but `dvc push --run-cache`
+    only sends cached outputs, so on another machine (or a fresh worktree) the entry was useless
+    and the stage re-ran. Their objects are in the local cache: send them the same way DVC does.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    entry = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"][stage]
+    uncached = {output.path for output in load_pipeline(workspace / "dvc.yaml")[stage].outputs
+                if not output.cached}
+    objects = [HashInfo(out.get("hash", "md5"), out["md5"]) for out in entry.get("outs", [])
+               if out["path"] in uncached and "md5" in out]
+    if not objects:
+        return
+    try:
+        with Repo(str(workspace)) as repo:
+            result = repo.cloud.push(objects)
+    except Exception as exc:  # DVC and botocore raise many types; the message says what failed
+        reason = _storage_reason([str(exc)]) or str(exc).splitlines()[0]
+        raise StepError(f"pushing the metrics of {stage} to {settings.where} failed: {reason}",
+                        EXIT_STORAGE) from None
+    if result.failed:
+        raise StepError(f"pushing the metrics of {stage} to {settings.where} failed for "
+                        f"{len(result.failed)} file(s)", EXIT_STORAGE)
+
+
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
     configure_dvc_remote(workspace, settings)
@@ -121,6 +150,7 @@ def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     output = _dvc(["repro", "--pull", "--single-item", stage], workspace, settings)
     reused = any(marker in line for line in output for marker in REUSED_MARKERS)
     _dvc(["push", "--run-cache", stage], workspace, settings)
+    push_uncached_outputs(workspace, stage, settings)
     return stage_result(workspace, stage, reused)
 
 

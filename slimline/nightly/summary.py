@@ -1,0 +1,70 @@
+"""Where a run's results are: `python -m slimline.nightly.summary --run-id ID [--state-dir DIR]`.
+
+Prints the published tag, the report, the stage logs, the task logs and the shipped model of one
+run, and how to fetch that model elsewhere — or why nothing was published.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slimline.nightly.workspace import run_key
+
+
+def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
+    """(ok, text): ok when the run published, or ran fine and its gate refused to publish."""
+    key = run_key(run_id)
+    workspace, run_dir = state_dir / "workspaces" / key, state_dir / "runs" / key
+    published = run_dir / "published.json"
+    if published.is_file():
+        info = json.loads(published.read_text())
+        return True, "\n".join([
+            f"published: {info['tag']} (commit {info['commit'][:10]} on branch {info['branch']})",
+            f"report:    {info['report']}",
+            f"stage logs: {info['stage_logs']}/<stage>.log",
+            f"task logs: {info['task_logs']}/<task>.log (every command each task ran)",
+            f"model:     {info['model']} (in the remote: {info['remote']})",
+            f"elsewhere: git checkout {info['tag']} && python -m slimline.nightly.storage configure "
+            "&& dvc pull  (with the storage variables set)",
+        ])
+    if not workspace.exists():
+        return False, f"run {run_id}: no workspace; it failed before any work (see the task log above)"
+    publish_log = run_dir / "logs" / "publish.log"
+    gate_failed = publish_log.is_file() and "gate failed" in publish_log.read_text()
+    reason = "evaluate's gate failed: nothing published" if gate_failed else "the run did not publish"
+    # A failed gate is the line working (it refused a regression); anything else is a failure.
+    return gate_failed, "\n".join([
+        f"run {run_id}: {reason}",
+        f"report:    {workspace / 'reports' / 'report.md'}",
+        f"stage logs: {workspace / 'logs'}/<stage>.log",
+        f"task logs: {run_dir / 'logs'}/<task>.log",
+    ])
+
+
+def latest_run(state_dir: Path) -> str | None:
+    """The newest run folder's name (a run key, which describe() accepts like a run id)."""
+    runs = [p for p in (state_dir / "runs").glob("*") if p.is_dir()] if (state_dir / "runs").is_dir() else []
+    return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m slimline.nightly.summary")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id")
+    which.add_argument("--latest", action="store_true", help="the most recently started run")
+    parser.add_argument("--state-dir", type=Path, default=Path(".nightly"))
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    run_id = args.run_id or latest_run(state_dir)
+    if run_id is None:
+        print(f"no run found in {state_dir}")
+        sys.exit(1)
+    ok, text = describe(state_dir, run_id)
+    print(text)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

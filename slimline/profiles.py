@@ -1,0 +1,73 @@
+"""Deployment targets: a profile is a recipe (params overrides) plus budgets for the gate.
+
+Profiles are YAML files in `profiles/` beside params.yaml; `target: <name>` in params.yaml (or a
+DAG run's overrides) selects one. Users add a device by adding a file; no code changes.
+Precedence, lowest first: params.yaml, the profile's recipe, the profile's budgets (which set
+evaluate.gate), then any run-time overrides applied to params.yaml by the DAG.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from slimline.errors import SlimlineError
+from slimline.params import GateParams, Params, Section, describe_error
+
+PROFILES_DIR = "profiles"
+
+
+class Profile(Section):
+    description: str = Field(min_length=1)
+    recipe: dict = {}          # params.yaml sections to override, e.g. {prune: {keep_ratio: 0.5}}
+    budgets: GateParams        # max_top1_drop, max_latency_ms, max_size_mb, min_throughput, rule
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def available_profiles(directory: Path) -> list[str]:
+    return sorted(path.stem for path in directory.glob("*.yaml"))
+
+
+def load_profile(directory: Path, name: str, source: str = "params.yaml") -> Profile:
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_profiles(directory)) or "none"
+        raise SlimlineError(f"{source}: target = {name!r} is not a known profile "
+                            f"(no {path}; known: {known})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        profile = Profile.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise SlimlineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ValidationError as exc:
+        raise SlimlineError(describe_error(exc.errors()[0], str(path))) from None
+    try:  # the recipe must be valid params on its own (every key known, every value in range)
+        Params.model_validate(profile.recipe)
+    except ValidationError as exc:
+        raise SlimlineError(describe_error(exc.errors()[0], f"{path}: recipe")) from None
+    if "evaluate" in profile.recipe and "gate" in profile.recipe["evaluate"]:
+        raise SlimlineError(f"{path}: recipe.evaluate.gate: put budgets under `budgets:`")
+    return profile
+
+
+def apply_profile(raw: dict, directory: Path, source: str = "params.yaml") -> dict:
+    """`raw` params with the selected profile's recipe and budgets folded in."""
+    name = raw.get("target")
+    if name is None:
+        return raw
+    if not isinstance(name, str):
+        raise SlimlineError(f"{source}: target = {name!r} is not allowed: a profile name or null")
+    profile = load_profile(directory, name, source)
+    resolved = merge(raw, profile.recipe)
+    budgets = profile.budgets.model_dump()
+    return merge(resolved, {"evaluate": {"gate": budgets}})

@@ -1,0 +1,210 @@
+"""Budget-driven search over the joint space of the four techniques.
+
+Optuna's NSGA-II sampler proposes recipes (keep ratio and importance criterion, decomposition
+energy, distillation on/off, quantization scheme and calibration method); every candidate runs
+the real stages and is measured for real on the validation split (accuracy) and in ONNX Runtime
+(batch-1 latency interleaved with the teacher, file size). Trials live in a SQLite study on disk,
+so an interrupted search resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import yaml
+
+from slimline.artifact import ONNX
+from slimline.data import load_split
+from slimline.errors import SlimlineError
+from slimline.measure import file_size, onnx_accuracy, time_interleaved
+from slimline.profiles import merge
+from slimline.runtime import make_session
+
+TECHNIQUE_STAGES = (("prune", "pruned"), ("decompose", "decomposed"), ("distill", "distilled"),
+                    ("quantize", "quantized"))
+OBJECTIVES = ("val_top1", "latency_ms", "size_mb")   # maximise, minimise, minimise
+
+
+def sample_recipe(trial: optuna.Trial) -> dict:
+    """One point of the joint space, as params.yaml overrides."""
+    quantize = trial.suggest_categorical("quantize_scheme", ["static", "dynamic", "none"])
+    recipe = {
+        "prune": {"enabled": True,
+                  "keep_ratio": trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05),
+                  "importance": trial.suggest_categorical("importance",
+                                                          ["l1", "l2", "bn_scale", "taylor"])},
+        "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
+        "distill": {"enabled": trial.suggest_categorical("distill", [True, False]),
+                    "compare_without_teacher": False},
+        "quantize": {"enabled": quantize != "none"},
+    }
+    if recipe["decompose"]["enabled"]:
+        recipe["decompose"]["energy"] = trial.suggest_float("energy", 0.8, 0.99, step=0.01)
+    if quantize != "none":
+        recipe["quantize"]["scheme"] = quantize
+    if quantize == "static":
+        recipe["quantize"]["calibration_method"] = trial.suggest_categorical(
+            "calibration_method", ["minmax", "entropy", "percentile"])
+    return recipe
+
+
+@dataclass(frozen=True)
+class Candidate:
+    number: int
+    recipe: dict
+    val_top1: float
+    latency_ms: float
+    size_mb: float
+    seconds: float
+
+    def dominates(self, other: "Candidate") -> bool:
+        at_least = (self.val_top1 >= other.val_top1 and self.latency_ms <= other.latency_ms
+                    and self.size_mb <= other.size_mb)
+        better = (self.val_top1 > other.val_top1 or self.latency_ms < other.latency_ms
+                  or self.size_mb < other.size_mb)
+        return at_least and better
+
+
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    return [c for c in candidates if not any(o.dominates(c) for o in candidates if o is not c)]
+
+
+def meets(candidate: Candidate, budgets, teacher_val_top1: float) -> bool:
+    """Budgets of a profile, judged on validation figures (point estimates)."""
+    if 100 * (teacher_val_top1 - candidate.val_top1) > budgets.max_top1_drop:
+        return False
+    if budgets.max_latency_ms is not None and candidate.latency_ms > budgets.max_latency_ms:
+        return False
+    return budgets.max_size_mb is None or candidate.size_mb <= budgets.max_size_mb
+
+
+def best_within_budgets(front: list[Candidate], budgets, teacher_val_top1: float):
+    """The fastest front member that meets the budgets (then the smallest), or None."""
+    fitting = [c for c in front if meets(c, budgets, teacher_val_top1)]
+    return min(fitting, key=lambda c: (c.latency_ms, c.size_mb), default=None)
+
+
+class TrialRunner:
+    """Runs one recipe through the real technique stages in its own folder, then measures it."""
+
+    def __init__(self, base_params: dict, data: Path, teacher: Path, trials_dir: Path,
+                 latency_runs: int, log):
+        self.base_params, self.data, self.teacher = base_params, data, teacher
+        self.trials_dir, self.latency_runs, self.log = trials_dir, latency_runs, log
+        self.val = load_split(data / "val.npz")
+        self.teacher_session = make_session(teacher / ONNX, threads=1)
+
+    def teacher_latency(self) -> float:
+        timing = time_interleaved({"teacher": self.teacher_session}, self.val.images[:1],
+                                  runs=self.latency_runs, warmup=10, rounds=5)
+        return timing["teacher"].percentile(50)
+
+    def run(self, number: int, recipe: dict) -> Candidate:
+        folder = self.trials_dir / f"trial-{number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        params = merge({**self.base_params, "target": None}, recipe)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        started = time.perf_counter()
+        source = self.teacher
+        for stage, output in TECHNIQUE_STAGES:
+            command = [sys.executable, "-m", f"stages.{stage}", "--params", str(folder / "params.yaml"),
+                       "--input", str(source), "--data", str(self.data),
+                       "--output", str(folder / output), "--metrics", str(folder / f"{stage}.json"),
+                       "--log", str(folder / f"{stage}.log")]
+            if stage == "distill":
+                command += ["--teacher", str(self.teacher)]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SlimlineError(f"trial {number}: stage {stage} failed: "
+                                    f"{result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
+            source = folder / output
+        session = make_session(source / ONNX, threads=1)
+        timing = time_interleaved({"teacher": self.teacher_session, "candidate": session},
+                                  self.val.images[:1], runs=self.latency_runs, warmup=10, rounds=5)
+        candidate = Candidate(number, recipe, onnx_accuracy(session, self.val),
+                              timing["candidate"].percentile(50), file_size(source / ONNX) / 1e6,
+                              time.perf_counter() - started)
+        (folder / "result.json").write_text(json.dumps(candidate.__dict__, indent=2))
+        return candidate
+
+
+def open_study(storage: Path, name: str, seed: int) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{storage}",
+                                directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.NSGAIISampler(seed=seed),
+                                load_if_exists=True)
+    # A trial still RUNNING in the database was cut off by an interruption: close it as failed
+    # so the resumed search neither waits for it nor counts it.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def completed(study: optuna.Study) -> list[Candidate]:
+    return [Candidate(t.number, t.user_attrs["recipe"], *t.values, t.user_attrs["seconds"])
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def search(study: optuna.Study, runner: TrialRunner, *, max_trials: int, wall_clock_s: float,
+           log) -> list[Candidate]:
+    """Run trials until `max_trials` are complete or the next one would overrun the clock."""
+    started = time.perf_counter()
+    durations = [c.seconds for c in completed(study)]
+    while len(completed(study)) < max_trials:
+        elapsed = time.perf_counter() - started
+        expected = max(durations) if durations else 0.0
+        if elapsed + expected > wall_clock_s:
+            log(f"search: stopping, {elapsed:.0f} s used and a trial takes about {expected:.0f} s "
+                f"(budget {wall_clock_s:.0f} s)")
+            break
+        trial = study.ask()
+        recipe = sample_recipe(trial)
+        log(f"trial {trial.number}: {json.dumps(recipe, sort_keys=True)}")
+        try:
+            candidate = runner.run(trial.number, recipe)
+        except SlimlineError as exc:
+            log(f"trial {trial.number} failed: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        trial.set_user_attr("recipe", recipe)
+        trial.set_user_attr("seconds", candidate.seconds)
+        study.tell(trial, [candidate.val_top1, candidate.latency_ms, candidate.size_mb])
+        durations.append(candidate.seconds)
+        log(f"trial {trial.number}: val top-1 {100 * candidate.val_top1:.2f}%, "
+            f"p50 {candidate.latency_ms:.3f} ms, {candidate.size_mb:.3f} MB, {candidate.seconds:.0f} s")
+    return completed(study)
+
+
+def front_plot(candidates: list[Candidate], front: list[Candidate], pick, path: Path,
+               teacher: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, label in ((axes[0], "latency_ms", "batch-1 latency p50 (ms)"),
+                             (axes[1], "size_mb", "ONNX file size (MB)")):
+        axis.scatter([getattr(c, key) for c in candidates], [100 * c.val_top1 for c in candidates],
+                     c="lightgrey", label="trial")
+        axis.scatter([getattr(c, key) for c in front], [100 * c.val_top1 for c in front],
+                     c="tab:blue", label="Pareto front")
+        axis.scatter([teacher[key]], [100 * teacher["val_top1"]], marker="s", c="black",
+                     label="teacher")
+        if pick is not None:
+            axis.scatter([getattr(pick, key)], [100 * pick.val_top1], marker="*", s=200,
+                         c="tab:red", label="pick")
+        axis.set_xlabel(label)
+        axis.set_ylabel("val top-1 (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,271 @@
+"""The nightly DAG end to end: real Airflow (`airflow dags test`), real DVC, a real SeaweedFS on
+loopback with credentials required, and the real stages on a tiny configuration.
+
+One SeaweedFS and one Airflow database serve the whole file; each run gets its own logical date,
+so its run id, workspace and tag are predictable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimline.nightly import seaweed
+from slimline.nightly.storage import S3Settings, check_access
+from slimline.nightly.workspace import run_key
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SKIP_FROM_CHECKOUT = {"dvc.lock"}  # a checkout's own results; a night makes its own
+
+# A teacher small enough for CI on 2 cores; the real stages, the real evaluate and gate.
+TINY = {
+    "model.widths": [8, 16, 32],
+    "prepare.train.epochs": 1,
+    "data": {"val_size": 100, "test_size": 200, "calibration_size": 32},
+    "evaluate": {"latency_runs": 200, "warmup_runs": 2, "rounds": 2, "throughput_runs": 2,
+                 "gate": {"max_top1_drop": 100.0}},
+}
+UNTRAINED = {**TINY, "prepare.train.epochs": 0}  # runs that test orchestration, not training
+
+pytestmark = pytest.mark.slow
+
+
+def git(*args, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def tags(project: Path) -> list[str]:
+    return git("tag", "--list", "nightly/*", cwd=project).split()
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    server = seaweed.start(tmp_path_factory.mktemp("seaweedfs"), port=0, bucket="nightly-test")
+    yield server
+    seaweed.stop(server.folder)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A git repository holding this checkout's files (committed or not, minus ignored ones),
+    as a fresh clone in CI would: the nightly builds committed revisions only."""
+    target = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
+    for relative in filter(None, listed):
+        source = ROOT / relative
+        if relative in SKIP_FROM_CHECKOUT or relative.startswith("metrics/") or not source.is_file():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / relative)
+    git("init", "-q", "-b", "main", cwd=target)
+    git("add", "-A", cwd=target)
+    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "project",
+        cwd=target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory, project) -> Path:
+    home = tmp_path_factory.mktemp("airflow")
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(home, project, {}),
+                   check=True, capture_output=True, timeout=300)
+    return home
+
+
+def airflow_env(home: Path, project: Path, storage_env: dict) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AWS_", "SLIMLINE_", "AIRFLOW"))}
+    env.update(storage_env, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(project / "dags"), SLIMLINE_RETRIES="0",
+               PATH=f"{BIN}{os.pathsep}{env['PATH']}")
+    return env
+
+
+@dataclasses.dataclass
+class Night:
+    result: subprocess.CompletedProcess
+    workspace: Path
+    run_dir: Path
+
+    @property
+    def output(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+    @property
+    def published(self) -> dict:
+        return json.loads((self.run_dir / "published.json").read_text())
+
+
+def run_dag(project: Path, home: Path, settings: S3Settings, logical_date: str,
+            overrides: dict) -> Night:
+    conf = json.dumps({"overrides": overrides})
+    result = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", "slimline_nightly", logical_date, "--conf", conf],
+        env=airflow_env(home, project, settings.env()), capture_output=True, text=True, timeout=900)
+    # `dags test` names the run after the time it starts, not the logical date: read it back.
+    found = re.search(r"run_id=(manual__[^\s,]+)", result.stdout + result.stderr)
+    assert found, (result.stdout + result.stderr)[-3000:]
+    key = run_key(found.group(1))
+    state = project / ".nightly"
+    return Night(result, state / "workspaces" / key, state / "runs" / key)
+
+
+def succeeded(night: Night) -> bool:
+    return "state=success" in night.output and night.result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def two_nights(project, airflow_home, storage):
+    """Night 1 computes everything; night 2, with nothing changed, should reuse every stage."""
+    first = run_dag(project, airflow_home, storage.settings(), "2026-01-01T02:00:00", TINY)
+    assert succeeded(first), first.output[-6000:]
+    second = run_dag(project, airflow_home, storage.settings(), "2026-01-02T02:00:00", TINY)
+    assert succeeded(second), second.output[-6000:]
+    return first, second
+
+
+def test_embedded_storage_requires_credentials(storage):
+    check_access(storage.settings())
+    for wrong in (dataclasses.replace(storage.settings(), secret_key="not-the-secret"),
+                  dataclasses.replace(storage.settings(), access_key="NOBODY")):
+        with pytest.raises(Exception, match="rejected the credentials"):
+            check_access(wrong)
+    assert (storage.env_file.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_night_runs_every_stage_and_publishes(two_nights, project):
+    first, _ = two_nights
+    stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    published = first.published
+    assert published["tag"] == "nightly/2026-01-01"
+    assert git("rev-parse", "nightly/2026-01-01^{commit}", cwd=project).strip() == published["commit"]
+    committed = git("show", "--name-only", "--format=", published["commit"], cwd=project).split()
+    assert {"dvc.lock", "params.yaml", "metrics/evaluate.json"} <= set(committed)
+    # each stage's log: streamed into the Airflow task log, kept in the workspace (and the remote)
+    for stage in stages:
+        assert f"slimline.{stage} INFO stage {stage} started" in first.output
+        assert (first.workspace / "logs" / f"{stage}.log").is_file()
+        assert f"stage {stage} started" in (first.run_dir / "logs" / f"{stage}.log").read_text()
+    report = Path(published["report"]).read_text()
+    assert "## Compared with the previous night" in report and "first published night" in report
+
+
+def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, project):
+    first, second = two_nights
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]:
+        task_log = (second.run_dir / "logs" / f"{stage}.log").read_text()
+        assert f"stage {stage} reused from the run cache" in task_log, task_log[-2000:]
+        assert f"Running stage '{stage}'" not in task_log
+        # restored, not re-made: the very log the first night wrote
+        assert ((second.workspace / "logs" / f"{stage}.log").read_text()
+                == (first.workspace / "logs" / f"{stage}.log").read_text())
+    assert second.published["tag"] == "nightly/2026-01-02"
+    assert second.published["previous"] == first.published["commit"]
+    report = Path(second.published["report"]).read_text()
+    assert "against nightly/2026-01-01" in report
+
+
+def test_credentials_never_reach_git_logs_or_reports(two_nights, project, storage):
+    first, _ = two_nights
+    secret = storage.settings().secret_key
+    assert secret not in first.output
+    for folder in (first.run_dir, first.workspace / "logs", first.workspace / "reports"):
+        for path in folder.rglob("*"):
+            if path.is_file() and path.suffix in {".log", ".md", ".json", ".txt", ""}:
+                assert secret not in path.read_text(errors="replace"), path
+    grep = subprocess.run(["git", "grep", "-q", secret, "nightly"], cwd=project)
+    assert grep.returncode == 1  # not found in the published tree
+    assert "endpointurl" not in git("show", "nightly:.dvc/config", cwd=project)
+
+
+def test_a_fresh_clone_pulls_a_published_night_by_tag(two_nights, project, storage, tmp_path):
+    first, _ = two_nights
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+    git("checkout", "-q", "nightly/2026-01-01", cwd=clone)
+    reader = storage.settings(readonly=True)  # people who only fetch models need no write key
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **reader.env(),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for command in ([sys.executable, "-m", "slimline.nightly.storage", "configure"],
+                    ["dvc", "pull", "models/quantized"]):
+        done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    shipped = Path(first.published["model"])
+    assert tree_digest(clone / "models" / "quantized") == tree_digest(shipped)
+    assert (clone / "models" / "quantized" / "model.onnx").is_file()
+
+
+def test_wrong_credentials_fail_the_run_before_any_work(project, airflow_home, storage):
+    before = tags(project)
+    wrong = dataclasses.replace(storage.settings(), secret_key="not-the-secret-at-all")
+    night = run_dag(project, airflow_home, wrong, "2026-01-03T02:00:00", UNTRAINED)
+    assert not succeeded(night)
+    assert "the storage rejected the credentials (SignatureDoesNotMatch)" in night.output
+    assert "not-the-secret-at-all" not in night.output
+    assert not night.workspace.exists()
+    assert tags(project) == before
+
+
+def test_refused_push_fails_the_run_and_tags_nothing(project, airflow_home, storage):
+    """A key that may read but not write: the run gets as far as its first push, then stops."""
+    before_tags, before_tip = tags(project), git("rev-parse", "nightly", cwd=project)
+    reader = storage.settings(readonly=True)
+    night = run_dag(project, airflow_home, reader, "2026-01-04T02:00:00", {**UNTRAINED, "seed": 7})
+    assert not succeeded(night)
+    assert "dvc push with s3://" in night.output
+    assert "not allowed this operation (AccessDenied)" in night.output
+    assert tags(project) == before_tags
+    assert git("rev-parse", "nightly", cwd=project) == before_tip
+
+
+def test_two_runs_started_together_keep_their_own_artifacts(project, airflow_home, storage,
+                                                            tmp_path):
+    # Two Airflow databases (SQLite takes one writer), one repository, one bucket, one night.
+    homes = [airflow_home, tmp_path / "airflow-2"]
+    shutil.copytree(airflow_home, homes[1], ignore=shutil.ignore_patterns("logs"))
+    cfg = homes[1] / "airflow.cfg"
+    if cfg.exists():
+        cfg.write_text(cfg.read_text().replace(str(airflow_home), str(homes[1])))
+    dates = ["2026-02-01T02:00:00", "2026-02-01T02:00:01"]
+    seeds = [11, 12]
+    nights: list[Night | None] = [None, None]
+
+    def night(index: int) -> None:
+        nights[index] = run_dag(project, homes[index], storage.settings(), dates[index],
+                                {**UNTRAINED, "seed": seeds[index]})
+
+    threads = [threading.Thread(target=night, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for one in nights:
+        assert succeeded(one), one.output[-6000:]
+    assert nights[0].workspace != nights[1].workspace
+    for one, seed in zip(nights, seeds):
+        lock = yaml.safe_load((one.workspace / "dvc.lock").read_text())
+        assert lock["stages"]["prepare"]["params"]["params.yaml"]["seed"] == seed
+    assert (tree_digest(nights[0].workspace / "data" / "prepared")
+            != tree_digest(nights[1].workspace / "data" / "prepared"))
+    assert sorted(n.published["tag"] for n in nights) == ["nightly/2026-02-01", "nightly/2026-02-01.2"]
+    history = git("log", "--first-parent", "--format=%H", "nightly", cwd=project).split()
+    assert {n.published["commit"] for n in nights} <= set(history)
