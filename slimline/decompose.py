@@ -23,7 +23,7 @@ from torch import nn
 
 from slimline.data import Split
 from slimline.errors import SlimlineError
-from slimline.lowrank import factorizable, factorize, factorized_skeleton, max_rank, method_for, weight_count
+from slimline.lowrank import factorizable, factorize, max_rank, method_for, weight_count
 from slimline.params import DecomposeParams
 from slimline.recipe import factorize_edit
 from slimline.speed import p50_latencies, speedup
@@ -84,7 +84,16 @@ def _describe(layer: nn.Module) -> str:
 
 
 def _params_of(layer: nn.Module, method: str, ranks: list[int]) -> int:
-    return weight_count(factorized_skeleton(layer, method, ranks))
+    """Parameters of the factorized chain (closed form: rank searches call this a lot)."""
+    bias = 0 if layer.bias is None else layer.bias.numel()
+    out_channels, in_channels = layer.weight.shape[:2]
+    if method == "svd":
+        return ranks[0] * (in_channels + out_channels) + bias
+    kernel_h, kernel_w = layer.kernel_size
+    if method == "tucker2":
+        rank_out, rank_in = ranks
+        return in_channels * rank_in + rank_in * rank_out * kernel_h * kernel_w + rank_out * out_channels + bias
+    return ranks[0] * (in_channels + kernel_h + kernel_w + out_channels) + bias
 
 
 def rule_ranks(layer: nn.Module, method: str, config: DecomposeParams) -> list[int]:
@@ -98,10 +107,9 @@ def rule_ranks(layer: nn.Module, method: str, config: DecomposeParams) -> list[i
         return ranks if method == "tucker2" else [max(ranks)]
     budget = (1 - config.param_reduction) * weight_count(layer)
     if method in ("svd", "cp"):
-        rank = 1
-        while rank < max_rank(layer, method) and _params_of(layer, method, [rank + 1]) <= budget:
-            rank += 1
-        return [rank]
+        per_rank = _params_of(layer, method, [1]) - _params_of(layer, method, [0])
+        fixed = _params_of(layer, method, [0])
+        return [int(max(1, min(max_rank(layer, method), (budget - fixed) // per_rank)))]
     # Tucker-2: shrink both channel modes by the same fraction until the chain fits the budget.
     out_channels, in_channels = weight.shape[:2]
     best = [1, 1]

@@ -44,7 +44,8 @@ def sample_recipe(trial: optuna.Trial) -> dict:
         "quantize": {"enabled": quantize != "none"},
     }
     if recipe["decompose"]["enabled"]:
-        recipe["decompose"]["energy"] = trial.suggest_float("energy", 0.8, 0.99, step=0.01)
+        recipe["decompose"].update(rank_rule="energy",
+                                   energy=trial.suggest_float("energy", 0.8, 0.99, step=0.01))
     if quantize != "none":
         recipe["quantize"]["scheme"] = quantize
     if quantize == "static":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from slimline.artifact import ONNX, build_from_recipe, load_model, write_artifact
 from slimline.data import load_split

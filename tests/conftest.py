@@ -19,6 +19,10 @@ REDUCED = {
     "data": {"val_size": 300, "test_size": 500, "calibration_size": 64},
     "model": {"widths": [8, 16, 32]},
     "prepare": {"train": {"epochs": 2}},
+    "prune": {"finetune": {"epochs": 1}, "latency_runs": 50},
+    "decompose": {"finetune": {"epochs": 1}, "latency_runs": 50},
+    "distill": {"train": {"epochs": 1}},
+    "quantize": {"latency_runs": 50, "latency_rounds": 5},
     "evaluate": {"latency_runs": 200, "warmup_runs": 5, "rounds": 4, "throughput_runs": 4,
                  "gate": {"max_top1_drop": 100.0}},
 }

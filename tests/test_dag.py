@@ -42,7 +42,9 @@ print(json.dumps({
 
 
 def airflow_python(code: str, tmp_path: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    # The DAG as configured by defaults: no AIRFLOW_* or SLIMLINE_* settings of the caller leak in.
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("AIRFLOW", "SLIMLINE_", "AWS_"))}
     environment.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
                        **env)
     return subprocess.run([sys.executable, "-c", code, *args], env=environment, capture_output=True,

@@ -65,7 +65,7 @@ def test_cp_recovers_a_conv_whose_kernel_has_exact_cp_rank():
 
 
 def test_parameter_reduction_rule_meets_its_budget():
-    layer = nn.Conv2d(64, 64, 3, bias=False)
+    layer = nn.Conv2d(24, 16, 3, bias=False)
     cfg = DecomposeParams(rank_rule="param_reduction", param_reduction=0.6)
     for method in ("tucker2", "cp"):
         ranks = rule_ranks(layer, method, cfg)
@@ -88,10 +88,10 @@ class WideMLP(nn.Module):
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(self.flatten(x))))))
 
 
-def low_rank_mlp(rank: int = 32) -> WideMLP:
+def low_rank_mlp(rank: int = 32, hidden: int = 512) -> WideMLP:
     """A trained layer's spectrum decays; give the wide layers a clearly low-rank one."""
     torch.manual_seed(0)
-    model = WideMLP()
+    model = WideMLP(hidden=hidden)
     with torch.no_grad():
         for layer in (model.fc1, model.fc2):
             out_features, in_features = layer.weight.shape
@@ -108,7 +108,7 @@ def random_split(count: int = 32) -> Split:
 
 def test_linear_heavy_model_is_factorized_and_measured_faster():
     model, data = low_rank_mlp(), random_split()
-    cfg = DecomposeParams(energy=0.99, latency_runs=60, finetune=NO_TRAINING)
+    cfg = DecomposeParams(rank_rule="energy", energy=0.99, latency_runs=60, finetune=NO_TRAINING)
     lines = []
     report = decompose_model(model, cfg, data.images, data, None, seed=0, log=lines.append)
     kept = {decision.layer: decision for decision in report.kept}
@@ -120,7 +120,7 @@ def test_linear_heavy_model_is_factorized_and_measured_faster():
 
 def test_a_layer_that_measures_slower_is_left_alone(monkeypatch):
     monkeypatch.setattr(decompose, "speedup", lambda *args, **kwargs: (1.0, 1.25, 0.8))
-    model, data = low_rank_mlp(), random_split()
+    model, data = low_rank_mlp(hidden=64), random_split()
     before = {name: p.clone() for name, p in model.state_dict().items()}
     lines = []
     report = decompose_model(model, DecomposeParams(finetune=NO_TRAINING), data.images, data, None,
@@ -133,20 +133,23 @@ def test_a_layer_that_measures_slower_is_left_alone(monkeypatch):
 def test_whole_model_slower_reverts_the_weakest_layer(monkeypatch):
     gains = {"fc1": 1.5, "fc2": 3.0}
     calls = iter([{"original": 1.0, "factorized": 1.2}, {"original": 1.0, "factorized": 0.8}])
-    monkeypatch.setattr(decompose, "speedup", lambda layer, chain, x, **kw: (
-        1.0, 1.0 / gains.get("fc1" if layer.in_features == 784 else "fc2", 1.0), 0.0) if
-        layer.out_features != 10 else (1.0, 2.0, 0.5))
+    def measured(layer, chain, inputs, **kwargs):
+        gain = gains["fc1" if layer.in_features == 784 else "fc2"] if layer.out_features != 10 else 0.5
+        return 1.0, 1.0 / gain, gain
+
+    monkeypatch.setattr(decompose, "speedup", measured)
     monkeypatch.setattr(decompose, "p50_latencies", lambda *args, **kwargs: next(calls))
-    model, data = low_rank_mlp(), random_split()
-    report = decompose_model(model, DecomposeParams(energy=0.99, finetune=NO_TRAINING), data.images,
-                             data, None, seed=0, log=lambda line: None)
+    model, data = low_rank_mlp(hidden=64), random_split()
+    cfg = DecomposeParams(rank_rule="energy", finetune=NO_TRAINING)
+    report = decompose_model(model, cfg, data.images, data, None, seed=0, log=lambda line: None)
     assert [decision.layer for decision in report.kept] == ["fc2"]
     assert isinstance(model.fc1, nn.Linear) and isinstance(model.fc2, nn.Sequential)
 
 
 def test_factorized_model_reloads_from_its_artifact(monkeypatch, tmp_path):
     monkeypatch.setitem(ARCHITECTURES, "wide_mlp", WideMLP)
-    model = low_rank_mlp()
+    monkeypatch.setattr(WideMLP.__init__, "__defaults__", (1, 10, 128))
+    model = low_rank_mlp(hidden=128)
     model.fc2 = factorize(model.fc2, "svd", [32])
     edits = [factorize_edit("fc2", "svd", [32])]
     recipe = Recipe("wide_mlp", {}, [1, 1, 28, 28], edits=edits)

@@ -21,24 +21,28 @@ import pytest
 import yaml
 
 from slimline.nightly import seaweed
-from slimline.nightly.storage import S3Settings, check_access
+from slimline.nightly.publish import gate_verdict
+from slimline.nightly.step import apply_upstream
+from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SKIP_FROM_CHECKOUT = {"dvc.lock"}  # a checkout's own results; a night makes its own
 
-# A teacher small enough for CI on 2 cores; the real stages, the real evaluate and gate.
+# A teacher small enough for CI on 2 cores; the real stages, the real evaluate and gate. The
+# techniques that fine-tune pass through (their own tests cover them); int8 quantization stays on,
+# so the published model is a real compressed one.
 TINY = {
     "model.widths": [8, 16, 32],
     "prepare.train.epochs": 1,
+    "prune.enabled": False, "decompose.enabled": False, "distill.enabled": False,
+    "quantize.enabled": True,
     "data": {"val_size": 100, "test_size": 200, "calibration_size": 32},
     "evaluate": {"latency_runs": 200, "warmup_runs": 2, "rounds": 2, "throughput_runs": 2,
                  "gate": {"max_top1_drop": 100.0}},
 }
 UNTRAINED = {**TINY, "prepare.train.epochs": 0}  # runs that test orchestration, not training
-
-pytestmark = pytest.mark.slow
 
 
 def git(*args, cwd: Path) -> str:
@@ -47,6 +51,12 @@ def git(*args, cwd: Path) -> str:
 
 def tags(project: Path) -> list[str]:
     return git("tag", "--list", "nightly/*", cwd=project).split()
+
+
+def nightly_tip(project: Path) -> str:
+    """The versioning branch's commit, or "" before the first published night."""
+    return subprocess.run(["git", "rev-parse", "--verify", "--quiet", "refs/heads/nightly"],
+                          cwd=project, capture_output=True, text=True).stdout.strip()
 
 
 def tree_digest(folder: Path) -> str:
@@ -143,6 +153,7 @@ def two_nights(project, airflow_home, storage):
     return first, second
 
 
+@pytest.mark.slow
 def test_embedded_storage_requires_credentials(storage):
     check_access(storage.settings())
     for wrong in (dataclasses.replace(storage.settings(), secret_key="not-the-secret"),
@@ -152,6 +163,7 @@ def test_embedded_storage_requires_credentials(storage):
     assert (storage.env_file.stat().st_mode & 0o777) == 0o600
 
 
+@pytest.mark.slow
 def test_a_night_runs_every_stage_and_publishes(two_nights, project):
     first, _ = two_nights
     stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
@@ -169,6 +181,7 @@ def test_a_night_runs_every_stage_and_publishes(two_nights, project):
     assert "## Compared with the previous night" in report and "first published night" in report
 
 
+@pytest.mark.slow
 def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, project):
     first, second = two_nights
     for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]:
@@ -184,6 +197,7 @@ def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, proj
     assert "against nightly/2026-01-01" in report
 
 
+@pytest.mark.slow
 def test_credentials_never_reach_git_logs_or_reports(two_nights, project, storage):
     first, _ = two_nights
     secret = storage.settings().secret_key
@@ -197,6 +211,7 @@ def test_credentials_never_reach_git_logs_or_reports(two_nights, project, storag
     assert "endpointurl" not in git("show", "nightly:.dvc/config", cwd=project)
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_pulls_a_published_night_by_tag(two_nights, project, storage, tmp_path):
     first, _ = two_nights
     clone = tmp_path / "clone"
@@ -214,29 +229,46 @@ def test_a_fresh_clone_pulls_a_published_night_by_tag(two_nights, project, stora
     assert (clone / "models" / "quantized" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
+def test_a_failed_gate_publishes_nothing(project, airflow_home, storage):
+    """evaluate refuses the night (its gate fails, exit 2): no retry, no publish, no tag."""
+    before_tags, before_tip = tags(project), nightly_tip(project)
+    impossible = {**UNTRAINED, "seed": 5,
+                  "evaluate": {**UNTRAINED["evaluate"], "gate": {"max_top1_drop": 100.0,
+                                                                "max_latency_ms": 1e-6}}}
+    night = run_dag(project, airflow_home, storage.settings(), "2026-01-05T02:00:00", impossible)
+    assert not succeeded(night)
+    evaluate_log = (night.run_dir / "logs" / "evaluate.log").read_text()
+    assert "stage evaluate: failed (exit 2): gate failed for the shipped model" in evaluate_log
+    assert not (night.run_dir / "logs" / "publish.log").exists()
+    assert tags(project) == before_tags and nightly_tip(project) == before_tip
+
+
+@pytest.mark.slow
 def test_wrong_credentials_fail_the_run_before_any_work(project, airflow_home, storage):
-    before = tags(project)
+    before, before_tip = tags(project), nightly_tip(project)
     wrong = dataclasses.replace(storage.settings(), secret_key="not-the-secret-at-all")
     night = run_dag(project, airflow_home, wrong, "2026-01-03T02:00:00", UNTRAINED)
     assert not succeeded(night)
     assert "the storage rejected the credentials (SignatureDoesNotMatch)" in night.output
     assert "not-the-secret-at-all" not in night.output
     assert not night.workspace.exists()
-    assert tags(project) == before
+    assert tags(project) == before and nightly_tip(project) == before_tip
 
 
+@pytest.mark.slow
 def test_refused_push_fails_the_run_and_tags_nothing(project, airflow_home, storage):
     """A key that may read but not write: the run gets as far as its first push, then stops."""
-    before_tags, before_tip = tags(project), git("rev-parse", "nightly", cwd=project)
+    before_tags, before_tip = tags(project), nightly_tip(project)
     reader = storage.settings(readonly=True)
     night = run_dag(project, airflow_home, reader, "2026-01-04T02:00:00", {**UNTRAINED, "seed": 7})
     assert not succeeded(night)
     assert "dvc push with s3://" in night.output
     assert "not allowed this operation (AccessDenied)" in night.output
-    assert tags(project) == before_tags
-    assert git("rev-parse", "nightly", cwd=project) == before_tip
+    assert tags(project) == before_tags and nightly_tip(project) == before_tip
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_keep_their_own_artifacts(project, airflow_home, storage,
                                                             tmp_path):
     # Two Airflow databases (SQLite takes one writer), one repository, one bucket, one night.
@@ -269,3 +301,35 @@ def test_two_runs_started_together_keep_their_own_artifacts(project, airflow_hom
     assert sorted(n.published["tag"] for n in nights) == ["nightly/2026-02-01", "nightly/2026-02-01.2"]
     history = git("log", "--first-parent", "--format=%H", "nightly", cwd=project).split()
     assert {n.published["commit"] for n in nights} <= set(history)
+
+
+# Fast checks of the pieces, without Airflow or storage.
+
+def test_publish_follows_the_gate_and_treats_a_missing_verdict_as_passed(tmp_path):
+    metrics = tmp_path / "metrics" / "evaluate.json"
+    metrics.parent.mkdir()
+    for content, expected in (({"gate_passed": 1}, True), ({"gate_passed": 0}, False), ({}, True)):
+        metrics.write_text(json.dumps(content))
+        passed, why = gate_verdict(tmp_path)
+        assert passed is expected
+    assert "no gate_passed key: treated as passed" in why
+
+
+def test_upstream_results_rebuild_the_lock_and_metrics_on_another_machine(tmp_path):
+    result = {"stage": "prepare", "lock": {"cmd": "python -m stages.prepare", "outs": []},
+              "files": {"metrics/prepare.json": '{"teacher_val_top1": 0.9}'}}
+    apply_upstream(tmp_path, [result])
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert lock["stages"]["prepare"] == result["lock"]
+    assert (tmp_path / "metrics" / "prepare.json").read_text() == result["files"]["metrics/prepare.json"]
+
+
+def test_run_ids_become_safe_folder_names():
+    assert run_key("manual__2026-11-27T02:00:00.123+00:00") == "manual__2026-11-27T02-00-00.123-00-00"
+    assert run_key("scheduled__2026-11-27T02:00:00+00:00") != run_key("manual__2026-11-27T02:00:00+00:00")
+
+
+def test_output_is_scrubbed_of_keys():
+    settings = S3Settings(bucket="b", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")
+    assert scrub("key AKIAEXAMPLE secret s3cr3t-value", settings.secrets()) == "key *** secret ***"
+    assert "s3cr3t" not in repr(settings)

@@ -5,6 +5,7 @@ the caller is interrupted (an Airflow execution timeout, a kill), so no stage ou
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,20 +15,50 @@ from typing import Callable
 from slimline.errors import SlimlineError
 from slimline.nightly.storage import scrub
 
+PR_SET_PDEATHSIG = 1
+
+
+def end_group_on_sigterm() -> None:
+    """For a command that leads its own process group (a step, publish), called first thing.
+
+    On SIGTERM it passes the signal to its whole group (dvc and the stage dvc runs), then exits;
+    and on Linux it asks for that SIGTERM when its parent (the Airflow task) dies, even by
+    SIGKILL. A timeout, a kill or a crashed worker leaves no stage running on its own.
+    """
+    def forward(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        forward(signal.SIGTERM, None)
+
 
 def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
                   on_line: Callable[[str], None], secrets: list[str] = (),
-                  grace_seconds: float = 20) -> int:
-    """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the exit code."""
+                  grace_seconds: float = 20, own_group: bool = True) -> int:
+    """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the exit code.
+
+    own_group: the command leads a new process group, ended as a whole if the caller is
+    interrupted. Commands run by a step (dvc) stay in the step's group instead, so ending the
+    step's group ends them too (see end_group_on_sigterm).
+    """
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               errors="replace", bufsize=1, start_new_session=True)
+                               errors="replace", bufsize=1, start_new_session=own_group)
     try:
         for line in process.stdout:
             on_line(scrub(line.rstrip("\n"), list(secrets)))
         return process.wait()
     except BaseException:
-        _end_group(process, grace_seconds)
+        if own_group:
+            _end_group(process, grace_seconds)
         raise
     finally:
         process.stdout.close()

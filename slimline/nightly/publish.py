@@ -25,10 +25,10 @@ import yaml
 
 from slimline.atomic import write_json, write_text
 from slimline.errors import SlimlineError
-from slimline.nightly.commands import run_quiet, run_streaming
+from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_streaming
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
-from slimline.nightly.step import _storage_reason
+from slimline.nightly.step import apply_upstream, storage_reason
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
@@ -101,8 +101,9 @@ def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
         on_line(line)
 
     on_line(f"$ dvc {' '.join(arguments)}")
-    if run_streaming(["dvc", *arguments], workspace, dict(os.environ), keep, settings.secrets()) != 0:
-        reason = _storage_reason(output) or next(
+    if run_streaming(["dvc", *arguments], workspace, dict(os.environ), keep, settings.secrets(),
+                     own_group=False) != 0:
+        reason = storage_reason(output) or next(
             (line for line in reversed(output) if line.startswith("ERROR")), "see the output above")
         raise SlimlineError(f"publish: dvc {arguments[0]} to {settings.where} failed: {reason}; "
                             "nothing was committed or tagged")
@@ -199,9 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, required=True, help="the run's log folder")
     parser.add_argument("--branch", default="nightly", help="the versioning branch")
     parser.add_argument("--git-remote", help="also push the branch and the tag to this git remote")
+    parser.add_argument("--upstream", type=Path, help="JSON list of every stage's result (step.py)")
     args = parser.parse_args(argv)
+    end_group_on_sigterm()
     workspace = Path.cwd()
     try:
+        # Every stage's lock entry and metrics: on the machine that ran them a no-op, elsewhere
+        # what makes this workspace's dvc.lock the whole night's.
+        apply_upstream(workspace, json.loads(args.upstream.read_text()) if args.upstream else [])
         passed, why = gate_verdict(workspace)
         print(f"publish: {why}", flush=True)
         if not passed:

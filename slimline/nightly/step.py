@@ -17,6 +17,8 @@ Exit codes: 0 done, 2 bad input (the same input would fail again: do not retry),
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import os
 import re
@@ -27,7 +29,7 @@ import yaml
 
 from slimline.atomic import write_json
 from slimline.errors import SlimlineError
-from slimline.nightly.commands import run_streaming
+from slimline.nightly.commands import end_group_on_sigterm, run_streaming
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
@@ -53,8 +55,8 @@ def apply_upstream(workspace: Path, results: list[dict]) -> None:
     if not results:
         return
     lock_file = workspace / "dvc.lock"
-    lock = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None
-    lock = lock or {"schema": "2.0", "stages": {}}
+    before = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None
+    lock = copy.deepcopy(before) if before else {"schema": "2.0", "stages": {}}
     for result in results:
         lock["stages"][result["stage"]] = result["lock"]
         for relative, text in result.get("files", {}).items():
@@ -62,7 +64,8 @@ def apply_upstream(workspace: Path, results: list[dict]) -> None:
             if not target.is_file() or target.read_text() != text:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
-    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+    if lock != before:
+        lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
 def stage_result(workspace: Path, stage: str, reused: bool) -> dict:
@@ -78,7 +81,7 @@ def stage_result(workspace: Path, stage: str, reused: bool) -> dict:
     return {"stage": stage, "lock": entry, "files": files, "reused": reused}
 
 
-def _storage_reason(output: list[str]) -> str | None:
+def storage_reason(output: list[str]) -> str | None:
     text = "\n".join(output)
     code = S3_CODES.search(text)
     if code:
@@ -96,16 +99,19 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
         print(line, flush=True)
 
     print(f"$ dvc {' '.join(arguments)}", flush=True)
-    code = run_streaming(["dvc", *arguments], workspace, dict(os.environ), show, settings.secrets())
+    code = run_streaming(["dvc", *arguments], workspace, dict(os.environ), show, settings.secrets(),
+                         own_group=False)
     if code == 0:
         return output
     stage_exit = re.search(r"exited with (\d+)", "\n".join(output))
     if stage_exit:
         stage_code = int(stage_exit.group(1))
-        kind = "bad input" if stage_code == EXIT_BAD_INPUT else "failure"
-        raise StepError(f"the stage command failed ({kind}, exit {stage_code}); its error line "
-                        "and log are above", EXIT_BAD_INPUT if stage_code == EXIT_BAD_INPUT else EXIT_FAILED)
-    reason = _storage_reason(output)
+        # The stage's own one-line error (stage contract: "slimline <stage>: error: ...").
+        said = [found.group(1) for line in output
+                if (found := re.match(r"slimline \w+: (?:unexpected )?error: (.*)", line))]
+        raise StepError(f"failed (exit {stage_code}): {said[-1] if said else 'see its log above'}",
+                        EXIT_BAD_INPUT if stage_code == EXIT_BAD_INPUT else EXIT_FAILED)
+    reason = storage_reason(output)
     verb = arguments[0]
     if reason:
         raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
@@ -115,32 +121,40 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
 
 
 def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> None:
-    """Push the run-cache copies of `cache: false` outputs (metrics) that `dvc push` leaves out.
+    """Put the stage's `cache: false` outputs (metrics) in the cache and push them.
 
-    DVC's run cache records them and restores them from the cache, but `dvc push --run-cache`
-    only sends cached outputs, so on another machine (or a fresh worktree) the entry was useless
-    and the stage re-ran. Their objects are in the local cache: send them the same way DVC does.
+    DVC's run cache records these outputs and restores them from the cache, but neither
+    `dvc repro` nor `dvc push --run-cache` reliably stores or sends their objects (measured with
+    DVC 3.67: "Missing cache files" at the next night, which then re-ran the stage). Without them
+    a run-cache entry is useless on another machine or in a fresh worktree. So: add each file to
+    the local cache under the hash dvc.lock records, and send it the way `dvc push` does.
     """
     from dvc.repo import Repo
     from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_objects.fs.local import LocalFileSystem
 
     entry = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"][stage]
     uncached = {output.path for output in load_pipeline(workspace / "dvc.yaml")[stage].outputs
                 if not output.cached}
-    objects = [HashInfo(out.get("hash", "md5"), out["md5"]) for out in entry.get("outs", [])
-               if out["path"] in uncached and "md5" in out]
-    if not objects:
+    recorded = {out["path"]: out["md5"] for out in entry.get("outs", [])
+                if out["path"] in uncached and out.get("hash", "md5") == "md5" and "md5" in out}
+    if not recorded:
         return
     try:
         with Repo(str(workspace)) as repo:
-            result = repo.cloud.push(objects)
+            for relative, md5 in recorded.items():
+                path = workspace / relative
+                if path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() == md5:
+                    repo.cache.local.add(str(path), LocalFileSystem(), md5)
+            result = repo.cloud.push([HashInfo("md5", md5) for md5 in recorded.values()])
     except Exception as exc:  # DVC and botocore raise many types; the message says what failed
-        reason = _storage_reason([str(exc)]) or str(exc).splitlines()[0]
+        reason = storage_reason([str(exc)]) or str(exc).splitlines()[0]
         raise StepError(f"pushing the metrics of {stage} to {settings.where} failed: {reason}",
                         EXIT_STORAGE) from None
     if result.failed:
         raise StepError(f"pushing the metrics of {stage} to {settings.where} failed for "
                         f"{len(result.failed)} file(s)", EXIT_STORAGE)
+    print(f"metrics of {stage} pushed: {', '.join(sorted(recorded))}", flush=True)
 
 
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", type=Path, help="JSON list of the upstream stages' results")
     parser.add_argument("--result", type=Path, help="where to write this stage's result (JSON)")
     args = parser.parse_args(argv)
+    end_group_on_sigterm()
     workspace = Path.cwd()
     try:
         upstream = json.loads(args.upstream.read_text()) if args.upstream else []

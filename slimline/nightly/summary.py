@@ -14,7 +14,7 @@ from slimline.nightly.workspace import run_key
 
 
 def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
-    """(ok, text): ok when the run published, or ran fine and its gate refused to publish."""
+    """(published, text)."""
     key = run_key(run_id)
     workspace, run_dir = state_dir / "workspaces" / key, state_dir / "runs" / key
     published = run_dir / "published.json"
@@ -31,11 +31,11 @@ def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
         ])
     if not workspace.exists():
         return False, f"run {run_id}: no workspace; it failed before any work (see the task log above)"
-    publish_log = run_dir / "logs" / "publish.log"
-    gate_failed = publish_log.is_file() and "gate failed" in publish_log.read_text()
-    reason = "evaluate's gate failed: nothing published" if gate_failed else "the run did not publish"
-    # A failed gate is the line working (it refused a regression); anything else is a failure.
-    return gate_failed, "\n".join([
+    evaluate_log = run_dir / "logs" / "evaluate.log"
+    gate_failed = evaluate_log.is_file() and "gate failed" in evaluate_log.read_text()
+    reason = ("evaluate's gate failed: nothing published (the report says why)" if gate_failed
+              else "the run did not publish (see the task logs)")
+    return False, "\n".join([
         f"run {run_id}: {reason}",
         f"report:    {workspace / 'reports' / 'report.md'}",
         f"stage logs: {workspace / 'logs'}/<stage>.log",

@@ -9,6 +9,7 @@ raise AirflowFailException, so the run fails at once instead of retrying for an 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -107,15 +108,19 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     runner.run(job, log.info)
 
 
-def run_stage(project: str, stage: str, **context) -> dict:
-    import json
+def _exchange_dir(workspace) -> Path:
+    """Where a task hands its command the upstream results (git-ignored, per workspace)."""
+    folder = workspace.root / ".dvc" / "tmp" / "nightly"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
+
+def run_stage(project: str, stage: str, **context) -> dict:
     config = _config(project)
     workspace = _workspace_for(context, config)
     upstream = load_pipeline(workspace.root / "dvc.yaml")[stage].upstream
     results = [context["ti"].xcom_pull(task_ids=name) for name in upstream]
-    exchange = workspace.root / ".dvc" / "tmp" / "nightly"  # git-ignored, per workspace
-    exchange.mkdir(parents=True, exist_ok=True)
+    exchange = _exchange_dir(workspace)
     upstream_file, result_file = exchange / f"{stage}.upstream.json", exchange / f"{stage}.result.json"
     upstream_file.write_text(json.dumps([r for r in results if r]))
     result_file.unlink(missing_ok=True)
@@ -130,12 +135,15 @@ def run_stage(project: str, stage: str, **context) -> dict:
 
 
 def publish(project: str, **context) -> dict:
-    import json
-
     config = _config(project)
     workspace = _workspace_for(context, config)
+    stages = load_pipeline(workspace.root / "dvc.yaml")
+    results = [context["ti"].xcom_pull(task_ids=name) for name in stages]
+    upstream_file = _exchange_dir(workspace) / "publish.upstream.json"
+    upstream_file.write_text(json.dumps([r for r in results if r]))
     arguments = ["slimline.nightly.publish", "--run-id", context["run_id"], "--date", _night(context),
-                 "--run-dir", str(workspace.run_dir), "--branch", config.branch]
+                 "--run-dir", str(workspace.run_dir), "--branch", config.branch,
+                 "--upstream", str(upstream_file)]
     if config.git_remote:
         arguments += ["--git-remote", config.git_remote]
     (workspace.run_dir / "published.json").unlink(missing_ok=True)
