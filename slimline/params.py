@@ -193,6 +193,17 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
 
 
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied section by section (neither is modified)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = deep_merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def describe_error(error: dict, source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":

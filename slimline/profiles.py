@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from slimline.errors import SlimlineError
-from slimline.params import GateParams, Params, Section, describe_error
+from slimline.params import GateParams, Params, Section, deep_merge, describe_error
 
 PROFILES_DIR = "profiles"
 
@@ -22,16 +22,6 @@ class Profile(Section):
     description: str = Field(min_length=1)
     recipe: dict = {}          # params.yaml sections to override, e.g. {prune: {keep_ratio: 0.5}}
     budgets: GateParams        # max_top1_drop, max_latency_ms, max_size_mb, min_throughput, rule
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merged[key] = merge(base[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def available_profiles(directory: Path) -> list[str]:
@@ -68,6 +58,6 @@ def apply_profile(raw: dict, directory: Path, source: str = "params.yaml") -> di
     if not isinstance(name, str):
         raise SlimlineError(f"{source}: target = {name!r} is not allowed: a profile name or null")
     profile = load_profile(directory, name, source)
-    resolved = merge(raw, profile.recipe)
+    resolved = deep_merge(raw, profile.recipe)
     budgets = profile.budgets.model_dump()
-    return merge(resolved, {"evaluate": {"gate": budgets}})
+    return deep_merge(resolved, {"evaluate": {"gate": budgets}})

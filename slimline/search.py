@@ -22,7 +22,7 @@ from slimline.artifact import ONNX
 from slimline.data import load_split
 from slimline.errors import SlimlineError
 from slimline.measure import file_size, onnx_accuracy, time_interleaved
-from slimline.profiles import merge
+from slimline.params import deep_merge
 from slimline.runtime import make_session
 
 TECHNIQUE_STAGES = (("prune", "pruned"), ("decompose", "decomposed"), ("distill", "distilled"),
@@ -108,7 +108,7 @@ class TrialRunner:
     def run(self, number: int, recipe: dict) -> Candidate:
         folder = self.trials_dir / f"trial-{number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
-        params = merge({**self.base_params, "target": None}, recipe)
+        params = deep_merge({**self.base_params, "target": None}, recipe)
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         started = time.perf_counter()
         source = self.teacher

@@ -61,3 +61,49 @@ def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
     figure.savefig(plot_path, dpi=100)
     plt.close(figure)
     return "\n".join(lines + ["", f"![trend]({plot_path.name})", ""])
+
+
+def _git_json(repo: Path, revision: str, path: str):
+    import json
+    import subprocess
+
+    shown = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=repo, capture_output=True,
+                           text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def published_nights(repo: Path, tip: str, limit: int = 10) -> list[tuple[str, dict]]:
+    """(name, evaluate metrics) of the last `limit` nights on the versioning branch, oldest first.
+
+    Each night commit's first parent is the night before, so the first-parent chain is the history.
+    """
+    import subprocess
+
+    log = subprocess.run(["git", "log", "--first-parent", f"-n{limit}", "--format=%H", tip],
+                         cwd=repo, capture_output=True, text=True)
+    nights = []
+    for commit in log.stdout.split():
+        metrics = _git_json(repo, commit, "metrics/evaluate.json")
+        if metrics is None:
+            continue
+        tag = subprocess.run(["git", "describe", "--tags", "--exact-match", "--match", "nightly/*",
+                              commit], cwd=repo, capture_output=True, text=True).stdout.strip()
+        nights.append((tag or commit[:10], metrics))
+    return nights[::-1]
+
+
+def nights_section(workspace: Path, previous: str | None) -> str:
+    """The paired comparison with the previous night and the trend table/plot, as Markdown."""
+    import json
+
+    current_metrics = json.loads((workspace / "metrics" / "evaluate.json").read_text())
+    current_predictions = workspace / "metrics" / "predictions.json"
+    nights = published_nights(workspace, previous) if previous else []
+    lines = []
+    if previous:
+        before = _git_json(workspace, previous, "metrics/predictions.json")
+        if before is not None and current_predictions.is_file():
+            lines += [compare_nights(before, json.loads(current_predictions.read_text())), ""]
+    lines.append(trend_section([*nights, ("tonight", current_metrics)],
+                               workspace / "reports" / "trend.png"))
+    return "\n".join(lines)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slimline.params import deep_merge
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", "profiles", ".dvcignore")
@@ -28,16 +30,9 @@ REDUCED = {
 }
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
 def reduced_params(**extra) -> dict:
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), REDUCED)
-    return merge(params, extra)
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), REDUCED)
+    return deep_merge(params, extra)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

@@ -10,13 +10,12 @@ any work with the same one-line message a bad params.yaml gives.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import yaml
 
 from slimline.errors import SlimlineError
-from slimline.params import parse_params
+from slimline.params import deep_merge, parse_params
 
 SOURCE = "run overrides"
 
@@ -34,30 +33,20 @@ def _nest(overrides: dict) -> dict:
                 raise SlimlineError(f"{SOURCE}: '{key}' conflicts with another override")
         value = _nest(value) if isinstance(value, dict) else value
         if isinstance(target.get(leaf), dict) and isinstance(value, dict):
-            target[leaf] = _merge(target[leaf], value)
+            target[leaf] = deep_merge(target[leaf], value)
         else:
             target[leaf] = value
     return nested
 
 
-def _merge(base: dict, update: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def merge_overrides(params: dict, overrides: dict | None) -> dict:
+def merge_overrides(params: dict, overrides: dict | None, profiles: Path | None = None) -> dict:
     """params.yaml's mapping with the overrides applied, validated; raises SlimlineError."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
         raise SlimlineError(f"{SOURCE}: expected a mapping of params, got {type(overrides).__name__}")
-    merged = _merge(params or {}, _nest(overrides))
-    parse_params(merged, SOURCE)
+    merged = deep_merge(params or {}, _nest(overrides))
+    parse_params(merged, SOURCE, profiles)  # a `target` override is checked against profiles/ too
     return merged
 
 
@@ -67,7 +56,7 @@ def apply_overrides(params_file: Path, overrides: dict | None) -> bool:
     With no overrides the file is left byte-for-byte alone (its comments are the documentation).
     """
     raw = yaml.safe_load(params_file.read_text()) or {}
-    merged = merge_overrides(raw, overrides)
+    merged = merge_overrides(raw, overrides, params_file.parent / "profiles")
     if not overrides:
         return False
     params_file.write_text("# params.yaml with this run's overrides applied (see dag_run.conf)\n"

@@ -29,6 +29,7 @@ from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_strea
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
 from slimline.nightly.step import apply_upstream, storage_reason
+from slimline.trend import nights_section
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
@@ -77,12 +78,15 @@ def branch_tip(repo: Path, branch: str) -> str | None:
 
 
 def comparison_section(workspace: Path, previous: str | None, previous_name: str) -> str:
+    nights = nights_section(workspace, previous)  # paired interval vs last night + the trend
     if previous is None:
-        return f"{COMPARISON_HEADING}\n\nThe first published night: nothing to compare with.\n"
+        return (f"{COMPARISON_HEADING}\n\nThe first published night: nothing to compare with.\n\n"
+                f"{nights}\n")
     diff = run_quiet(["dvc", "metrics", "diff", previous, "--md", "--precision", "4"], workspace,
                      what="dvc metrics diff")
     table = diff.strip() or "No metric changed."
-    return f"{COMPARISON_HEADING}\n\n`dvc metrics diff` against {previous_name} ({previous[:10]}):\n\n{table}\n"
+    return (f"{COMPARISON_HEADING}\n\n{nights}\n`dvc metrics diff` against {previous_name} "
+            f"({previous[:10]}):\n\n{table}\n")
 
 
 def add_comparison(workspace: Path, section: str) -> None:
