@@ -195,6 +195,10 @@ def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, proj
     assert second.published["previous"] == first.published["commit"]
     report = Path(second.published["report"]).read_text()
     assert "against nightly/2026-01-01" in report
+    # Same inputs, same predictions: the paired comparison sees no flips; the trend has both nights.
+    assert "0 test items gained, 0 lost" in report
+    assert "| nightly/2026-01-01 |" in report and "| tonight |" in report
+    assert (Path(second.published["report"]).parent / "trend.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
