@@ -231,12 +231,18 @@ def parse_params(raw: dict, source: str = "params.yaml", profiles: Path | None =
         raise SlimlineError(describe_error(exc.errors()[0], source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_yaml(path: str | Path, what: str = "file"):
+    """A YAML file's contents, or one clear line when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise SlimlineError(f"{path}: params file not found")
+        raise SlimlineError(f"{path}: {what} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SlimlineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    raw = read_yaml(path, "params file")
     return parse_params(raw, str(path), profiles=path.parent / "profiles")

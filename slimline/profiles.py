@@ -2,18 +2,18 @@
 
 Profiles are YAML files in `profiles/` beside params.yaml; `target: <name>` in params.yaml (or a
 DAG run's overrides) selects one. Users add a device by adding a file; no code changes.
-Precedence, lowest first: params.yaml, the profile's recipe, the profile's budgets (which set
-evaluate.gate), then any run-time overrides applied to params.yaml by the DAG.
+Precedence, lowest first: params.yaml (including a DAG run's overrides, which are written into
+it), then the profile's recipe, then the profile's budgets (which set evaluate.gate). To vary a
+knob the profile sets, edit the profile or run without a target.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError
 
 from slimline.errors import SlimlineError
-from slimline.params import GateParams, Params, Section, deep_merge, describe_error
+from slimline.params import GateParams, Params, Section, deep_merge, describe_error, read_yaml
 
 PROFILES_DIR = "profiles"
 
@@ -35,10 +35,7 @@ def load_profile(directory: Path, name: str, source: str = "params.yaml") -> Pro
         raise SlimlineError(f"{source}: target = {name!r} is not a known profile "
                             f"(no {path}; known: {known})")
     try:
-        raw = yaml.safe_load(path.read_text())
-        profile = Profile.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise SlimlineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        profile = Profile.model_validate(read_yaml(path, "profile"))
     except ValidationError as exc:
         raise SlimlineError(describe_error(exc.errors()[0], str(path))) from None
     try:  # the recipe must be valid params on its own (every key known, every value in range)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import yaml
 
 from slimline.errors import SlimlineError
+from slimline.params import read_yaml
 
 OUTPUT_KINDS = ("outs", "metrics", "plots")
 
@@ -89,14 +89,7 @@ def _check_acyclic(stages: dict[str, Stage], source: str) -> None:
 
 def load_pipeline(path: str | Path) -> dict[str, Stage]:
     """Stages in dvc.yaml order, each with the names of the stages it needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise SlimlineError(f"{path}: not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SlimlineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_pipeline(raw, str(path))
+    return parse_pipeline(read_yaml(path), str(path))
 
 
 def final_stages(stages: dict[str, Stage]) -> list[str]:
