@@ -72,6 +72,15 @@ def _git_json(repo: Path, revision: str, path: str):
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
+def night_tag(repo: Path, commit: str) -> str | None:
+    """The `nightly/...` tag of a night's commit, if it has one."""
+    import subprocess
+
+    result = subprocess.run(["git", "describe", "--tags", "--exact-match", "--match", "nightly/*",
+                             commit], cwd=repo, capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
 def published_nights(repo: Path, tip: str, limit: int = 10) -> list[tuple[str, dict]]:
     """(name, evaluate metrics) of the last `limit` nights on the versioning branch, oldest first.
 
@@ -86,9 +95,7 @@ def published_nights(repo: Path, tip: str, limit: int = 10) -> list[tuple[str, d
         metrics = _git_json(repo, commit, "metrics/evaluate.json")
         if metrics is None:
             continue
-        tag = subprocess.run(["git", "describe", "--tags", "--exact-match", "--match", "nightly/*",
-                              commit], cwd=repo, capture_output=True, text=True).stdout.strip()
-        nights.append((tag or commit[:10], metrics))
+        nights.append((night_tag(repo, commit) or commit[:10], metrics))
     return nights[::-1]
 
 

@@ -29,7 +29,7 @@ from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_strea
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
 from slimline.nightly.step import apply_upstream, storage_reason
-from slimline.trend import nights_section
+from slimline.trend import night_tag, nights_section
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
@@ -157,7 +157,7 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
     configure_dvc_remote(workspace, settings)
     for attempt in range(ATTEMPTS):
         previous = branch_tip(repo, branch)
-        previous_tag = _tag_of(repo, previous) if previous else None
+        previous_tag = night_tag(repo, previous) if previous else None
         section = comparison_section(workspace, previous, previous_tag or f"the tip of {branch}")
         add_comparison(workspace, section)
         write_text(run_dir / "comparison.md", section)
@@ -185,12 +185,6 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
         remote=settings.where)
     write_json(run_dir / "published.json", asdict(published))
     return published
-
-
-def _tag_of(repo: Path, commit: str) -> str | None:
-    result = subprocess.run(["git", "describe", "--tags", "--exact-match", "--match", "nightly/*", commit],
-                            cwd=repo, capture_output=True, text=True)
-    return result.stdout.strip() or None
 
 
 EXIT_GATE_FAILED, EXIT_STORAGE, EXIT_BAD_INPUT = 4, 3, 2
