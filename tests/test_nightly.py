@@ -7,10 +7,8 @@ so its run id, workspace and tag are predictable.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,127 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimline.nightly import seaweed
 from slimline.nightly.publish import gate_verdict
 from slimline.nightly.step import apply_upstream
 from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SKIP_FROM_CHECKOUT = {"dvc.lock"}  # a checkout's own results; a night makes its own
-
-# A teacher small enough for CI on 2 cores; the real stages, the real evaluate and gate. The
-# techniques that fine-tune pass through (their own tests cover them); int8 quantization stays on,
-# so the published model is a real compressed one.
-TINY = {
-    "model.widths": [8, 16, 32],
-    "prepare.train.epochs": 1,
-    "prune.enabled": False, "decompose.enabled": False, "distill.enabled": False,
-    "quantize.enabled": True,
-    "data": {"val_size": 100, "test_size": 200, "calibration_size": 32},
-    "evaluate": {"latency_runs": 200, "warmup_runs": 2, "rounds": 2, "throughput_runs": 2,
-                 "gate": {"max_top1_drop": 100.0}},
-}
-UNTRAINED = {**TINY, "prepare.train.epochs": 0}  # runs that test orchestration, not training
-
-
-def git(*args, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
-
-def tags(project: Path) -> list[str]:
-    return git("tag", "--list", "nightly/*", cwd=project).split()
-
-
-def nightly_tip(project: Path) -> str:
-    """The versioning branch's commit, or "" before the first published night."""
-    return subprocess.run(["git", "rev-parse", "--verify", "--quiet", "refs/heads/nightly"],
-                          cwd=project, capture_output=True, text=True).stdout.strip()
-
-
-def tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    server = seaweed.start(tmp_path_factory.mktemp("seaweedfs"), port=0, bucket="nightly-test")
-    yield server
-    seaweed.stop(server.folder)
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A git repository holding this checkout's files (committed or not, minus ignored ones),
-    as a fresh clone in CI would: the nightly builds committed revisions only."""
-    target = tmp_path_factory.mktemp("project")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
-    for relative in filter(None, listed):
-        source = ROOT / relative
-        if relative in SKIP_FROM_CHECKOUT or relative.startswith("metrics/") or not source.is_file():
-            continue
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target / relative)
-    git("init", "-q", "-b", "main", cwd=target)
-    git("add", "-A", cwd=target)
-    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "project",
-        cwd=target)
-    return target
-
-
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory, project) -> Path:
-    home = tmp_path_factory.mktemp("airflow")
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(home, project, {}),
-                   check=True, capture_output=True, timeout=300)
-    return home
-
-
-def airflow_env(home: Path, project: Path, storage_env: dict) -> dict:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AWS_", "SLIMLINE_", "AIRFLOW"))}
-    env.update(storage_env, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(project / "dags"), SLIMLINE_RETRIES="0",
-               PATH=f"{BIN}{os.pathsep}{env['PATH']}")
-    return env
-
-
-@dataclasses.dataclass
-class Night:
-    result: subprocess.CompletedProcess
-    workspace: Path
-    run_dir: Path
-
-    @property
-    def output(self) -> str:
-        return self.result.stdout + self.result.stderr
-
-    @property
-    def published(self) -> dict:
-        return json.loads((self.run_dir / "published.json").read_text())
-
-
-def run_dag(project: Path, home: Path, settings: S3Settings, logical_date: str,
-            overrides: dict) -> Night:
-    conf = json.dumps({"overrides": overrides})
-    result = subprocess.run(
-        [str(BIN / "airflow"), "dags", "test", "slimline_nightly", logical_date, "--conf", conf],
-        env=airflow_env(home, project, settings.env()), capture_output=True, text=True, timeout=900)
-    # `dags test` names the run after the time it starts, not the logical date: read it back.
-    found = re.search(r"run_id=(manual__[^\s,]+)", result.stdout + result.stderr)
-    assert found, (result.stdout + result.stderr)[-3000:]
-    key = run_key(found.group(1))
-    state = project / ".nightly"
-    return Night(result, state / "workspaces" / key, state / "runs" / key)
-
-
-def succeeded(night: Night) -> bool:
-    return "state=success" in night.output and night.result.returncode == 0
+from tests.nightly_helpers import (BIN, TINY, UNTRAINED, Night, airflow_home, git,  # noqa: F401
+                                   nightly_tip, project, run_dag, storage, succeeded, tags,
+                                   tree_digest)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from slimline.atomic import write_json, write_text
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_streaming
 from slimline.nightly.pipeline import load_pipeline
+from slimline.nightly.retry import RetryPolicy, TransientStorageError, with_retries
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
-from slimline.nightly.step import apply_upstream, storage_reason
+from slimline.nightly.step import UNREACHABLE_REASON, apply_upstream, storage_reason
 from slimline.trend import night_tag, nights_section
 
 REPORT = Path("reports/report.md")
@@ -98,19 +99,31 @@ def add_comparison(workspace: Path, section: str) -> None:
 
 def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
                 on_line: Callable[[str], None]) -> None:
-    output: list[str] = []
+    """Run a dvc command that talks to the remote, retrying while the endpoint is unreachable."""
+    def attempt() -> None:
+        output: list[str] = []
 
-    def keep(line: str) -> None:
-        output.append(line)
-        on_line(line)
+        def keep(line: str) -> None:
+            output.append(line)
+            on_line(line)
 
-    on_line(f"$ dvc {' '.join(arguments)}")
-    if run_streaming(["dvc", *arguments], workspace, dict(os.environ), keep, settings.secrets(),
-                     own_group=False) != 0:
-        reason = storage_reason(output) or next(
+        on_line(f"$ dvc {' '.join(arguments)}")
+        if run_streaming(["dvc", *arguments], workspace, dict(os.environ), keep, settings.secrets(),
+                         own_group=False) == 0:
+            return
+        reason = storage_reason(output, settings) or next(
             (line for line in reversed(output) if line.startswith("ERROR")), "see the output above")
+        if reason == UNREACHABLE_REASON:
+            raise TransientStorageError(reason)
         raise SlimlineError(f"publish: dvc {arguments[0]} to {settings.where} failed: {reason}; "
                             "nothing was committed or tagged")
+
+    try:
+        with_retries(attempt, f"dvc {arguments[0]} to {settings.where}", RetryPolicy.from_env(), on_line)
+    except SlimlineError as exc:
+        if str(exc).startswith("publish:"):
+            raise
+        raise SlimlineError(f"publish: {exc}; nothing was committed or tagged") from None
 
 
 def _tracked_outputs(workspace: Path) -> list[str]:

@@ -11,6 +11,7 @@
 4. write this stage's result for the downstream tasks.
 
 Everything DVC and the stage print goes to stdout, which the runner streams into the task log.
+An unreachable storage endpoint is retried with back-off inside the step (slimline.nightly.retry).
 Exit codes: 0 done, 2 bad input (the same input would fail again: do not retry),
 3 storage refused or unreachable, 1 anything else.
 """
@@ -31,14 +32,18 @@ from slimline.atomic import write_json
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_streaming
 from slimline.nightly.pipeline import load_pipeline
+from slimline.nightly.retry import RetryPolicy, TransientStorageError, with_retries
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
 EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
 REUSED_MARKERS = ("is cached - skipping run", "didn't change, skipping", "Pulling data for")
 S3_CODES = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|NoSuchBucket|"
                       r"Forbidden|ExpiredToken)\b")
+# Failures that waiting can fix: the endpoint is down, restarting or overloaded.
 UNREACHABLE = re.compile(r"Could not connect|Connection refused|Name or service not known|"
-                         r"EndpointConnectionError|timed out", re.IGNORECASE)
+                         r"EndpointConnectionError|timed out|Connection reset|ServiceUnavailable|"
+                         r"SlowDown|Service Unavailable|Bad Gateway", re.IGNORECASE)
+UNREACHABLE_REASON = "the storage endpoint cannot be reached"
 
 
 class StepError(Exception):
@@ -81,13 +86,13 @@ def stage_result(workspace: Path, stage: str, reused: bool) -> dict:
     return {"stage": stage, "lock": entry, "files": files, "reused": reused}
 
 
-def storage_reason(output: list[str]) -> str | None:
+def storage_reason(output: list[str], settings: S3Settings) -> str | None:
     text = "\n".join(output)
     code = S3_CODES.search(text)
     if code:
-        return explain_s3_error(code.group(1))
+        return explain_s3_error(code.group(1), settings.credentials_from)
     if UNREACHABLE.search(text):
-        return "the storage endpoint cannot be reached"
+        return UNREACHABLE_REASON
     return None
 
 
@@ -111,8 +116,10 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
                 if (found := re.match(r"slimline \w+: (?:unexpected )?error: (.*)", line))]
         raise StepError(f"failed (exit {stage_code}): {said[-1] if said else 'see its log above'}",
                         EXIT_BAD_INPUT if stage_code == EXIT_BAD_INPUT else EXIT_FAILED)
-    reason = storage_reason(output)
+    reason = storage_reason(output, settings)
     verb = arguments[0]
+    if reason == UNREACHABLE_REASON:
+        raise TransientStorageError(reason)
     if reason:
         raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
     errors = [line for line in output if line.startswith("ERROR")]
@@ -148,23 +155,36 @@ def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> 
                     repo.cache.local.add(str(path), LocalFileSystem(), md5)
             result = repo.cloud.push([HashInfo("md5", md5) for md5 in recorded.values()])
     except Exception as exc:  # DVC and botocore raise many types; the message says what failed
-        reason = storage_reason([str(exc)]) or str(exc).splitlines()[0]
+        reason = storage_reason([str(exc)], settings) or str(exc).splitlines()[0]
+        if reason == UNREACHABLE_REASON:
+            raise TransientStorageError(reason) from None
         raise StepError(f"pushing the metrics of {stage} to {settings.where} failed: {reason}",
                         EXIT_STORAGE) from None
-    if result.failed:
-        raise StepError(f"pushing the metrics of {stage} to {settings.where} failed for "
-                        f"{len(result.failed)} file(s)", EXIT_STORAGE)
+    if result.failed:  # refused keys fail the `dvc push` before this; what is left is transport
+        raise TransientStorageError(f"{len(result.failed)} file(s) not uploaded")
     print(f"metrics of {stage} pushed: {', '.join(sorted(recorded))}", flush=True)
 
 
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
+    policy = RetryPolicy.from_env()
     configure_dvc_remote(workspace, settings)
     apply_upstream(workspace, upstream)
-    output = _dvc(["repro", "--pull", "--single-item", stage], workspace, settings)
+
+    def retried(action, what: str):
+        try:
+            return with_retries(action, f"{what} with {settings.where}", policy,
+                                lambda line: print(line, flush=True))
+        except SlimlineError as exc:
+            raise StepError(str(exc), EXIT_STORAGE) from None
+
+    # A repro that ran its stage and then failed to reach the remote is cheap to repeat: DVC
+    # sees the outputs match the lock and only retries the transfer.
+    output = retried(lambda: _dvc(["repro", "--pull", "--single-item", stage], workspace, settings),
+                     "dvc repro --pull")
     reused = any(marker in line for line in output for marker in REUSED_MARKERS)
-    _dvc(["push", "--run-cache", stage], workspace, settings)
-    push_uncached_outputs(workspace, stage, settings)
+    retried(lambda: _dvc(["push", "--run-cache", stage], workspace, settings), "dvc push")
+    retried(lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}")
     return stage_result(workspace, stage, reused)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from slimline.errors import SlimlineError
 
 REMOTE_NAME = "nightly"
+ENV_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class S3Settings:
     region: str | None = None
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    # Where the keys came from, so that a refusal names the setting to fix (never the key).
+    credentials_from: str = ENV_CREDENTIALS
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "S3Settings":
@@ -46,7 +49,8 @@ class S3Settings:
                    prefix=env.get("SLIMLINE_S3_PREFIX", "slimline").strip("/"),
                    region=env.get("SLIMLINE_S3_REGION") or None,
                    access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-                   secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None)
+                   secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+                   credentials_from=env.get("SLIMLINE_S3_CREDENTIALS_FROM") or ENV_CREDENTIALS)
 
     @property
     def url(self) -> str:
@@ -62,7 +66,8 @@ class S3Settings:
         values = {"SLIMLINE_S3_BUCKET": self.bucket, "SLIMLINE_S3_PREFIX": self.prefix,
                   "SLIMLINE_S3_ENDPOINT": self.endpoint or "", "SLIMLINE_S3_REGION": self.region or "",
                   "AWS_ACCESS_KEY_ID": self.access_key or "",
-                  "AWS_SECRET_ACCESS_KEY": self.secret_key or ""}
+                  "AWS_SECRET_ACCESS_KEY": self.secret_key or "",
+                  "SLIMLINE_S3_CREDENTIALS_FROM": self.credentials_from}
         return {key: value for key, value in values.items() if value}
 
     def secrets(self) -> list[str]:
@@ -109,13 +114,13 @@ def _client(settings: S3Settings):
                                       retries={"max_attempts": 2, "mode": "standard"}))
 
 
-def explain_s3_error(code: str) -> str:
+def explain_s3_error(code: str, credentials_from: str = ENV_CREDENTIALS) -> str:
     if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                 "AuthorizationHeaderMalformed", "403", "Forbidden"}:
-        return (f"the storage rejected the credentials ({code}); check AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or the Airflow connection)")
+        return f"the storage rejected the credentials ({code}); fix {credentials_from}"
     if code in {"AccessDenied"}:
-        return "the credentials are valid but not allowed this operation (AccessDenied)"
+        return ("the credentials are valid but not allowed this operation (AccessDenied); "
+                f"{credentials_from} need read and write access to the bucket")
     if code in {"NoSuchBucket", "404", "NotFound"}:
         return "the bucket does not exist (create it, or fix SLIMLINE_S3_BUCKET)"
     return f"the storage answered {code}"
@@ -129,16 +134,20 @@ def check_access(settings: S3Settings) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     if not settings.access_key or not settings.secret_key:
-        raise SlimlineError(f"storage: no credentials for {settings.where} (set AWS_ACCESS_KEY_ID "
-                            "and AWS_SECRET_ACCESS_KEY, or an Airflow connection)")
+        hint = (" (or SLIMLINE_S3_CONN_ID, the id of an Airflow connection holding them)"
+                if settings.credentials_from == ENV_CREDENTIALS else "")
+        raise SlimlineError(f"storage: no credentials for {settings.where}: set "
+                            f"{settings.credentials_from}{hint}")
     try:
         # A listing, not head_bucket: HEAD answers carry no error code, only a bare 403.
         _client(settings).list_objects_v2(Bucket=settings.bucket, MaxKeys=1)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "unknown")
-        raise SlimlineError(f"storage: cannot use {settings.where}: {explain_s3_error(code)}") from None
+        raise SlimlineError(f"storage: cannot use {settings.where}: "
+                            f"{explain_s3_error(code, settings.credentials_from)}") from None
     except NoCredentialsError:
-        raise SlimlineError(f"storage: no credentials for {settings.where}") from None
+        raise SlimlineError(f"storage: no credentials for {settings.where}: set "
+                            f"{settings.credentials_from}") from None
     except BotoCoreError as exc:
         raise SlimlineError(f"storage: cannot reach {settings.where}: "
                             f"{scrub(str(exc), settings.secrets())}") from None

@@ -14,7 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import (AirflowFailException, AirflowNotFoundException,
+                                    AirflowSkipException)
 
 from slimline.errors import SlimlineError
 from slimline.nightly.config import NightlyConfig
@@ -40,7 +41,11 @@ def storage_settings(config: NightlyConfig) -> S3Settings:
     if config.s3_conn_id:
         from airflow.sdk import BaseHook
 
-        conn = BaseHook.get_connection(config.s3_conn_id)
+        try:
+            conn = BaseHook.get_connection(config.s3_conn_id)
+        except AirflowNotFoundException:
+            raise SlimlineError(f"storage: the Airflow connection '{config.s3_conn_id}' (named by "
+                                "SLIMLINE_S3_CONN_ID) is not defined") from None
         extra = conn.extra_dejson or {}
         bucket = extra.get("bucket") or os.environ.get("SLIMLINE_S3_BUCKET")
         if not bucket:
@@ -48,7 +53,9 @@ def storage_settings(config: NightlyConfig) -> S3Settings:
         settings = S3Settings(bucket=bucket, endpoint=extra.get("endpoint_url") or conn.host or None,
                               prefix=str(extra.get("prefix", "slimline")).strip("/"),
                               region=extra.get("region_name"), access_key=conn.login,
-                              secret_key=conn.password)
+                              secret_key=conn.password,
+                              credentials_from=f"the login and password of the Airflow connection "
+                                               f"'{config.s3_conn_id}'")
     else:
         settings = S3Settings.from_env()
     from airflow.sdk.log import mask_secret
