@@ -40,6 +40,12 @@ TINY = {
                  "gate": {"max_top1_drop": 100.0}},
 }
 UNTRAINED = {**TINY, "prepare.train.epochs": 0}  # runs that test orchestration, not training
+# The cheapest real night: untrained teacher, small splits, the fewest latency runs params allow.
+MICRO = {**UNTRAINED,
+         "data": {"val_size": 50, "test_size": 100, "calibration_size": 16},
+         "quantize.latency_runs": 20, "quantize.latency_rounds": 1,
+         "evaluate": {"latency_runs": 200, "warmup_runs": 1, "rounds": 2, "throughput_runs": 1,
+                      "throughput_batch": 8, "gate": {"max_top1_drop": 100.0}}}
 
 
 def git(*args, cwd: Path) -> str:
@@ -237,3 +243,20 @@ def kill_storage(server: seaweed.Server) -> None:
 def restart_storage(server: seaweed.Server) -> seaweed.Server:
     """The same folder, port and keys: what comes back after a crash."""
     return seaweed.start(server.folder, port=server.port, bucket=server.bucket)
+
+
+def pull_in_fresh_clone(project: Path, tag: str, server: seaweed.Server, target: Path) -> Path:
+    """`git clone` (an empty DVC cache), then pull_tag; the clone."""
+    git("clone", "-q", str(project), str(target), cwd=project)
+    return pull_tag(target, tag, server)
+
+
+def pull_tag(clone: Path, tag: str, server: seaweed.Server) -> Path:
+    """Checkout the tag and `dvc pull` all its outputs with the read-only key, as a user would."""
+    git("checkout", "-q", "--force", tag, cwd=clone)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIMLINE_"))},
+           **server.settings(readonly=True).env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for command in ([sys.executable, "-m", "slimline.nightly.storage", "configure"], ["dvc", "pull"]):
+        done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return clone

@@ -84,3 +84,18 @@ def test_nan_and_empty_data(tiny_teacher, tmp_path):
         data.mkdir()
         np.savez(data / "test.npz", images=images, labels=labels)
         assert_one_line_error(evaluate(tiny_teacher, tiny_teacher / "teacher", data=data), expected)
+
+
+def test_calibration_split_of_zero_samples(tiny_teacher, tmp_path):
+    import shutil
+
+    import numpy as np
+    data = tmp_path / "data"
+    shutil.copytree(tiny_teacher / "data", data)
+    np.savez(data / "calibration.npz", images=np.zeros((0, 1, 28, 28), np.float32),
+             labels=np.zeros(0, np.int64))
+    result = run_stage("quantize", "--input", str(tiny_teacher / "teacher"), "--data", str(data),
+                       "--output", str(tmp_path / "quantized"), "--metrics", str(tmp_path / "q.json"),
+                       params=tiny_teacher / "params.yaml")
+    assert_one_line_error(result, "calibration.npz", "split is empty")
+    assert not (tmp_path / "quantized").exists() and not (tmp_path / "q.json").exists()

@@ -24,6 +24,7 @@ def test_shipped_params_file_is_valid():
     ({"data": {"sizes": 3}}, "unknown key 'data.sizes'"),
     ({"surprise": 1}, "unknown key 'surprise'"),
     ({"evaluate": {"latency_runs": 50}}, "evaluate.latency_runs = 50"),
+    ({"data": {"calibration_size": 0}}, "data.calibration_size = 0"),
     ({"evaluate": {"gate": {"rule": "vibes"}}}, "evaluate.gate.rule = 'vibes'"),
 ])
 def test_bad_values_name_key_value_and_rule(raw, expected):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -20,16 +18,10 @@ import pytest
 from slimline.errors import SlimlineError
 from slimline.nightly import seaweed
 from slimline.nightly.storage import S3Settings, check_access
-from tests.nightly_helpers import (BIN, UNTRAINED, airflow_home, git, kill_storage,  # noqa: F401
-                                   nightly_tip, project, publish_direct, restart_storage, run_dag,
-                                   run_night_direct, storage, succeeded, tags, tree_digest)
+from tests.nightly_helpers import (MICRO, airflow_home, git, kill_storage, nightly_tip,  # noqa: F401
+                                   project, publish_direct, pull_in_fresh_clone, restart_storage,
+                                   run_dag, run_night_direct, storage, succeeded, tags, tree_digest)
 
-# The cheapest real night: untrained teacher, small splits, the fewest latency runs params allow.
-MICRO = {**UNTRAINED,
-         "data": {"val_size": 50, "test_size": 100, "calibration_size": 16},
-         "quantize.latency_runs": 20, "quantize.latency_rounds": 1,
-         "evaluate": {"latency_runs": 200, "warmup_runs": 1, "rounds": 2, "throughput_runs": 1,
-                      "throughput_batch": 8, "gate": {"max_top1_drop": 100.0}}}
 CONN_ID = "slimline_s3"
 IMPATIENT = {"SLIMLINE_S3_ATTEMPTS": "3", "SLIMLINE_S3_RETRY_DELAY_SECONDS": "1"}
 
@@ -39,18 +31,6 @@ def connection_env(settings: S3Settings) -> dict:
     conn = {"conn_type": "aws", "login": settings.access_key, "password": settings.secret_key,
             "extra": {"bucket": settings.bucket, "endpoint_url": settings.endpoint}}
     return {"SLIMLINE_S3_CONN_ID": CONN_ID, f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn)}
-
-
-def pull_in_fresh_clone(project: Path, tag: str, server: seaweed.Server, target: Path) -> Path:
-    """`git clone`, checkout the tag, `dvc pull` everything with the read-only key; the clone."""
-    git("clone", "-q", str(project), str(target), cwd=project)
-    git("checkout", "-q", tag, cwd=target)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIMLINE_"))},
-           **server.settings(readonly=True).env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for command in ([sys.executable, "-m", "slimline.nightly.storage", "configure"], ["dvc", "pull"]):
-        done = subprocess.run(command, cwd=target, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +88,15 @@ def test_storage_back_within_the_retries_the_retried_publish_lands(killed_night,
     """Airflow retries the failed publish; the storage is down at first and back 3 s later."""
     night, _ = killed_night
     kill_storage(storage)
-    comeback = threading.Timer(3, restart_storage, args=(storage,))
+    restarted = []
+    comeback = threading.Timer(3, lambda: restarted.append(restart_storage(storage)))
     comeback.start()
     try:
         landed = publish_direct(night, storage.settings(),
                                 {"SLIMLINE_S3_ATTEMPTS": "6", "SLIMLINE_S3_RETRY_DELAY_SECONDS": "2"})
     finally:
         comeback.join()
+    assert restarted, "SeaweedFS did not come back"
     log = (night.run_dir / "logs" / "publish.log").read_text()
     assert landed, night.text[-3000:]
     assert "retry: dvc push to s3://" in log.split("slimline nightly: publish: dvc push")[-1]
@@ -188,7 +170,6 @@ def test_an_undefined_or_wrong_airflow_connection_fails_setup_naming_it(storage,
     from tests.test_dag import airflow_python
 
     code = r"""
-import sys
 from airflow.sdk.exceptions import AirflowFailException
 from slimline.nightly import tasks
 try:

@@ -27,7 +27,8 @@ from slimline.atomic import write_json, write_text
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_streaming
 from slimline.nightly.pipeline import load_pipeline
-from slimline.nightly.retry import RetryPolicy, TransientStorageError, with_retries
+from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
+                                    with_retries)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
 from slimline.nightly.step import UNREACHABLE_REASON, apply_upstream, storage_reason
 from slimline.trend import night_tag, nights_section
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", type=Path, help="JSON list of every stage's result (step.py)")
     args = parser.parse_args(argv)
     end_group_on_sigterm()
+    limit_request_retries()
     workspace = Path.cwd()
     try:
         # Every stage's lock entry and metrics: on the machine that ran them a no-op, elsewhere

@@ -11,6 +11,11 @@ because waiting does not fix them. Settings (environment, read by the step and p
 
 The defaults wait 5 + 10 + 20 + 40 = 75 s at most before giving up; Airflow's task retries
 (SLIMLINE_RETRIES, minutes apart) are the next line of defence.
+
+Below this loop, botocore retries each request itself (5 attempts by default, for every one of
+the objects a push sends in parallel): a `dvc push` of 40 objects to a dead endpoint took 75 s
+before it gave up. `limit_request_retries` caps that at 2 attempts (AWS_MAX_ATTEMPTS, unless it
+is set), so the back-off above is the one that decides how long a night waits.
 """
 from __future__ import annotations
 
@@ -22,6 +27,15 @@ from typing import Callable, TypeVar
 from slimline.errors import SlimlineError
 
 T = TypeVar("T")
+
+
+REQUEST_ATTEMPTS = "2"
+
+
+def limit_request_retries() -> None:
+    """Called first by the commands that talk to the storage (step, publish); their dvc children
+    inherit it."""
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", REQUEST_ATTEMPTS)
 
 
 class TransientStorageError(Exception):

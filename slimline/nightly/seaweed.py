@@ -62,6 +62,9 @@ class Server:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds (Go sets SO_REUSEADDR): connections of a crashed server left in
+        # TIME_WAIT must not block its restart for a minute; a live listener still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:

@@ -32,7 +32,8 @@ from slimline.atomic import write_json
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_streaming
 from slimline.nightly.pipeline import load_pipeline
-from slimline.nightly.retry import RetryPolicy, TransientStorageError, with_retries
+from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
+                                    with_retries)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
 EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", type=Path, help="where to write this stage's result (JSON)")
     args = parser.parse_args(argv)
     end_group_on_sigterm()
+    limit_request_retries()
     workspace = Path.cwd()
     try:
         upstream = json.loads(args.upstream.read_text()) if args.upstream else []
