@@ -57,8 +57,11 @@ ROWS = [
         "tests/test_nightly.py::test_two_runs_started_together_keep_their_own_artifacts",)),
     Row("night re-run, same inputs, recomputed", (
         "tests/test_rerun.py::test_a_forced_rerun_reproduces_every_model_byte_for_byte",)),
-    Row("soak: micro nights back to back, then pull + bucket audit", (
-        "tests/test_soak.py::*",), "night", SOAK_NIGHTS),
+    Row("soak: micro nights back to back, each tagged, each pulls as shipped", (
+        "tests/test_soak.py::test_every_tagged_night_pulls_in_a_fresh_clone_as_it_shipped",),
+        "night", SOAK_NIGHTS),
+    Row("bucket audit after the soak: nothing missing, no orphan but superseded reports", (
+        "tests/test_soak.py::test_the_bucket_holds_no_*", "tests/test_soak.py::test_the_audit_sees_*")),
     Row("secret in logs, reports, metrics, dvc.lock, git, task logs, bucket", (
         "tests/test_reliability.py::test_the_secret_appears_in_no_log_report_metric_lock_git_object_or_bucket_object",
         "tests/test_nightly.py::test_credentials_never_reach_git_logs_or_reports")),
@@ -83,6 +86,14 @@ ROWS = [
 
 def _matches(pattern: str, node: str) -> bool:
     return node.startswith(pattern[:-1]) if pattern.endswith("*") else node == pattern
+
+
+def pytest_command(pattern: str) -> str:
+    """The command that runs the tests a row pattern names (`*`: by name prefix, with -k)."""
+    file, _, name = pattern.partition("::")
+    if not name.endswith("*"):
+        return f"pytest {pattern}"
+    return f"pytest {file} -k {name[:-1]}" if name[:-1] else f"pytest {file}"
 
 
 def files_of(rows: list[Row]) -> list[str]:
@@ -117,7 +128,7 @@ def table(rows: list[Row], runs: list[dict[str, bool]]) -> str:
                     tries += row.per_pass
                     survived += row.per_pass if passed else 0
         lost = "none" if tries and survived == tries else ("not run" if not tries else "see failures")
-        command = "<br>".join(f"`pytest {pattern}`" for pattern in row.tests)
+        command = "<br>".join(f"`{pytest_command(pattern)}`" for pattern in row.tests)
         lines.append(f"| {row.fault} | {tries} {row.unit}{'s' if tries != 1 else ''} | "
                      f"{survived} | {lost} | {command} |")
     return "\n".join(lines)

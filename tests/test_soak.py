@@ -4,7 +4,8 @@ the DAG runs (step per stage, then publish). Something changes on six of the ten
 nights do.
 
 Afterwards every tagged night must pull in a fresh clone, byte for byte what that night shipped,
-and the bucket must hold no orphaned and no missing object (slimline.nightly.audit defines both).
+and the bucket must hold no missing object and no orphan but the known superseded reports
+(slimline.nightly.audit defines both; docs/reliability.md explains the reports).
 """
 from __future__ import annotations
 
@@ -78,14 +79,38 @@ def test_every_tagged_night_pulls_in_a_fresh_clone_as_it_shipped(soak, project, 
             assert tree_digest(clone / folder) == tree_digest(night.workspace / folder), (night.run_id, folder)
 
 
+def superseded_reports(settings, orphans: list[str]) -> set[str]:
+    """The orphans that are evaluate's report as the step pushed it, before publish added the
+    comparison with the previous night and pushed the report again (see docs/reliability.md):
+    a `reports` .dir manifest and the report.md only it lists."""
+    import json
+
+    from slimline.nightly.storage import _client
+
+    client, found = _client(settings), set()
+    for key in (k for k in orphans if k.endswith(".dir")):
+        manifest = json.loads(client.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+        files = {item["relpath"]: item["md5"] for item in manifest}
+        if "report.md" in files and "triangle.png" in files:
+            report = files["report.md"]
+            found |= {key, f"{settings.prefix}/files/md5/{report[:2]}/{report[2:]}"}
+    return found
+
+
 @pytest.mark.slow
-def test_the_bucket_holds_no_orphaned_or_missing_object(soak, project, storage):
+def test_the_bucket_holds_no_missing_object_and_no_orphan_but_superseded_reports(soak, project,
+                                                                                 storage):
     audit = audit_remote(project, storage.settings())
     assert audit.tags == tags(project)
-    assert audit.clean, (audit.summary(), audit.missing, audit.orphans[:5], audit.strays[:5])
+    assert not audit.missing and not audit.strays, (audit.summary(), audit.missing, audit.strays[:5])
+    # Known leftover (docs/reliability.md): each night evaluate computes leaves its pre-comparison
+    # report (a manifest + report.md) unreferenced. Anything else orphaned fails.
+    assert set(audit.orphans) <= superseded_reports(storage.settings(), audit.orphans), audit.orphans
+    computed_evaluates = len({(seed(i), i // 2) for i in range(NIGHTS)})
+    assert len(audit.orphans) <= 2 * computed_evaluates, audit.summary()
     stages = len(load_pipeline(project / "dvc.yaml"))
-    evaluate_configs = len({(seed(i), i // 2) for i in range(NIGHTS)})
-    assert audit.run_cache_entries >= 2 * (stages - 1) + evaluate_configs
+    assert audit.run_cache_entries >= 2 * (stages - 1) + computed_evaluates
+    print(f"\n{audit.summary()}")
 
 
 @pytest.mark.slow
@@ -95,6 +120,7 @@ def test_the_audit_sees_an_orphan_and_a_missing_object(soak, project, storage):
 
     settings = storage.settings()
     client = _client(settings)
+    before = set(audit_remote(project, settings).orphans)
     orphan = f"{settings.prefix}/files/md5/ff/{'0' * 30}"
     client.put_object(Bucket=settings.bucket, Key=orphan, Body=b"nobody needs me")
     lock = yaml.safe_load(git("show", f"{soak[-1].published['tag']}:dvc.lock", cwd=project))
@@ -104,10 +130,11 @@ def test_the_audit_sees_an_orphan_and_a_missing_object(soak, project, storage):
     client.delete_object(Bucket=settings.bucket, Key=needed_key)
     try:
         audit = audit_remote(project, settings)
-        assert audit.orphans == [orphan]
+        assert set(audit.orphans) - before == {orphan}
         assert list(audit.missing) == [needed]
         assert any(who.endswith(":quantize") for who in audit.missing[needed])
     finally:
         client.put_object(Bucket=settings.bucket, Key=needed_key, Body=saved)
         client.delete_object(Bucket=settings.bucket, Key=orphan)
-    assert audit_remote(project, settings).clean
+    after = audit_remote(project, settings)
+    assert not after.missing and set(after.orphans) == before
