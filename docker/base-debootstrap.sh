@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A Debian bookworm base image (python3 3.11) for machines that cannot pull python:3.11-slim
+# (CI here cannot reach Docker Hub): debootstrap a minimal rootfs and import it into podman.
+#
+#   bash docker/base-debootstrap.sh IMAGE [ROOTFS_DIR]      (needs root, debootstrap, podman)
+set -euo pipefail
+image="${1:?usage: base-debootstrap.sh IMAGE [ROOTFS_DIR]}"
+rootfs="${2:-$(mktemp -d)/rootfs}"
+if [ ! -x "$rootfs/usr/bin/python3" ]; then
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,git \
+        bookworm "$rootfs" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log"; exit 1; }
+fi
+# apt lists and caches are not needed at run time and would only make the layer bigger.
+rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
+echo "imported $image from $rootfs"
