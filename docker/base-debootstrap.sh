@@ -5,7 +5,12 @@
 #   bash docker/base-debootstrap.sh IMAGE [ROOTFS_DIR]      (needs root, debootstrap, podman)
 set -euo pipefail
 image="${1:?usage: base-debootstrap.sh IMAGE [ROOTFS_DIR]}"
-rootfs="${2:-$(mktemp -d)/rootfs}"
+if [ -n "${2:-}" ]; then
+    rootfs="$2"                          # kept: a second import skips debootstrap
+else
+    scratch="$(mktemp -d)"; rootfs="$scratch/rootfs"
+    trap 'rm -rf "$scratch"' EXIT        # a throwaway rootfs, never left in /tmp or the tree
+fi
 if [ ! -x "$rootfs/usr/bin/python3" ]; then
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,git \
         bookworm "$rootfs" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log"; exit 1; }
