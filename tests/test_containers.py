@@ -155,9 +155,11 @@ def timings(request):
     """Each container step's duration, printed at the end of the session (CI budget)."""
     measured: dict[str, float] = {}
     yield measured
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for step, seconds in measured.items():
-        reporter.write_line(f"containers: {step}: {seconds:.0f} s")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():   # shown even when the tests pass
+        for step, seconds in measured.items():
+            print(f"\ncontainers: {step}: {seconds:.0f} s", end="")
+        print()
 
 
 @pytest.fixture(scope="module")
