@@ -27,7 +27,7 @@ from slimline.errors import SlimlineError
 from slimline.nightly.containers import ContainerSettings
 from slimline.nightly.runner import Job, get_runner
 from tests.test_nightly import (TINY, airflow_home, git, project, run_dag,  # noqa: F401 (fixtures)
-                                storage, succeeded, tree_digest)
+                                storage, succeeded)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
@@ -222,7 +222,7 @@ ACCURACY_KEYS = ("top1", "agreement", "flips", "kl")
 
 
 @pytest.fixture(scope="module")
-def nights(project, airflow_home, storage, podman_socket, timings):
+def nights(podman_socket, project, airflow_home, storage, timings):
     """The same night twice on the same inputs: the `local` runner, then `docker` (podman).
 
     Each runner gets its own remote prefix, so the docker night recomputes every stage instead
