@@ -126,11 +126,12 @@ class Night:
 
 
 def run_dag(project: Path, home: Path, settings: S3Settings, logical_date: str,
-            overrides: dict) -> Night:
+            overrides: dict, extra_env: dict | None = None) -> Night:
     conf = json.dumps({"overrides": overrides})
     result = subprocess.run(
         [str(BIN / "airflow"), "dags", "test", "slimline_nightly", logical_date, "--conf", conf],
-        env=airflow_env(home, project, settings.env()), capture_output=True, text=True, timeout=900)
+        env=airflow_env(home, project, {**settings.env(), **(extra_env or {})}), capture_output=True,
+        text=True, timeout=1500)
     # `dags test` names the run after the time it starts, not the logical date: read it back.
     found = re.search(r"run_id=(manual__[^\s,]+)", result.stdout + result.stderr)
     assert found, (result.stdout + result.stderr)[-3000:]

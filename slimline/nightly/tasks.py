@@ -104,7 +104,8 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     settings = storage_settings(config)
     runner = get_runner(_runner_name(config))
     job = Job(task=task, module_args=module_args, workspace=workspace.root, env=settings.env(),
-              secrets=settings.secrets(), log_file=workspace.task_log(task))
+              secrets=settings.secrets(), log_file=workspace.task_log(task),
+              shared=(workspace.run_dir,))
     log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
     runner.run(job, log.info)
 
