@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the seven stage images from docker/Dockerfile, sharing their layers, and print their sizes.
+# Build the stage images (and search's) from docker/Dockerfile, sharing their layers, and print their sizes.
 #
 #   bash docker/build.sh [TAG]          (default TAG: latest; images slimline-<stage>:TAG)
 #
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-latest}"
 engine="${ENGINE:-podman}"
-STAGES=(prepare prune decompose distill quantize evaluate publish)
+STAGES=(prepare prune decompose distill quantize search evaluate publish)
 
 args=(-f docker/Dockerfile)
 [ -n "${BASE:-}" ] && args+=(--build-arg "BASE=$BASE")
