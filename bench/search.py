@@ -3,12 +3,14 @@
     python bench/search.py [--target phone] [--teacher models/teacher] [--data data/prepared]
                            [--params params.yaml] [--workdir /tmp/slimline-bench-search]
                            [--minutes 60] [--max-trials 12] [--runs 300] [--reuse]
+                           [--set prune.finetune.epochs=3 ...]
 
 Runs (or resumes) `python -m stages.search` for the target, builds the practitioner baselines of
 bench/baselines.py, then measures the teacher, every Pareto-front member and both baselines in ONE
 interleaved ONNX Runtime run (batch 1, one thread) on the test split — the search chose on the
 validation split, so these are fresh figures. Issue 7's target: the pick is faster and smaller
-than both baselines at equal or better accuracy.
+than both baselines at equal or better accuracy. `--set key=value` changes the params the search's
+trials run with (e.g. a shorter fine-tuning schedule on a busy machine); the table says which.
 """
 from __future__ import annotations
 
@@ -33,16 +35,25 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=12)
     parser.add_argument("--runs", type=int, default=300, help="timed batch-1 runs per model")
     parser.add_argument("--reuse", action="store_true", help="keep baselines already in --workdir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params override for the search's trials (dotted key, YAML value)")
     args = parser.parse_args()
 
+    from slimline.nightly.overrides import merge_overrides
     from slimline.params import load_params
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     seed = load_params(args.params).seed
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
+    search_params = work / "search-params.yaml"   # beside a link to profiles/, as the search expects
+    search_params.write_text(yaml.safe_dump(
+        merge_overrides(yaml.safe_load(args.params.read_text()), overrides), sort_keys=False))
+    if not (work / "profiles").exists():
+        (work / "profiles").symlink_to(args.params.resolve().parent / "profiles")
     search_out = work / "search"
     # The search resumes its study in search_out, so re-running the bench adds trials, never redoes them.
-    command = stage("search", args.params, target=args.target, data=args.data, teacher=args.teacher,
+    command = stage("search", search_params, target=args.target, data=args.data, teacher=args.teacher,
                     out=search_out, minutes=args.minutes, **{"max-trials": args.max_trials},
                     log=work / "search.log")
     seconds = run(command, work / "search.stdout")
@@ -66,7 +77,8 @@ def main() -> None:
 
     measured = measure_all({name: b.path for name, b in built.items()}, args.data, args.runs)
     print(f"\nsearch for '{args.target}': {len(front['front'])} front members "
-          f"(search ran {seconds / 60:.0f} min this time; front.md and front.png in {search_out})")
+          f"(search ran {seconds / 60:.0f} min this time; front.md and front.png in {search_out}); "
+          f"trial params overridden: {overrides or 'none'}")
     print_table(measured, notes=notes)
     print("\ncommands:")
     for name in ("ort-int8", "tp50+ft+int8"):
