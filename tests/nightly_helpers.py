@@ -129,14 +129,15 @@ class Night:
 
 
 def run_dag(project: Path, home: Path, settings: S3Settings | None, logical_date: str,
-            overrides: dict, storage_env: dict | None = None, conf: dict | None = None) -> Night:
+            overrides: dict, extra_env: dict | None = None, storage_env: dict | None = None) -> Night:
     """`storage_env` replaces settings.env() (e.g. an Airflow connection instead of keys);
-    `conf` replaces the whole dag_run.conf."""
-    conf = json.dumps({"overrides": overrides} if conf is None else conf)
-    env = airflow_env(home, project, settings.env() if storage_env is None else storage_env)
+    `extra_env` adds to it (e.g. another runner)."""
+    conf = json.dumps({"overrides": overrides})
+    env = airflow_env(home, project, {**(settings.env() if storage_env is None else storage_env),
+                                      **(extra_env or {})})
     result = subprocess.run(
         [str(BIN / "airflow"), "dags", "test", "slimline_nightly", logical_date, "--conf", conf],
-        env=env, capture_output=True, text=True, timeout=900)
+        env=env, capture_output=True, text=True, timeout=1500)
     # `dags test` names the run after the time it starts, not the logical date: read it back.
     found = re.search(r"run_id=(manual__[^\s,]+)", result.stdout + result.stderr)
     assert found, (result.stdout + result.stderr)[-3000:]

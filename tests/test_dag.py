@@ -162,5 +162,5 @@ except AirflowFailException as exc:
 
 def test_runners_are_chosen_by_name():
     assert get_runner("local").name == "local"
-    with pytest.raises(SlimlineError, match=r"runner 'docker' is not available \(known: local\)"):
-        get_runner("docker")
+    with pytest.raises(SlimlineError, match=r"runner 'ssh' is not available \(known: docker, kubernetes, local\)"):
+        get_runner("ssh")

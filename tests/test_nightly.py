@@ -22,8 +22,9 @@ from slimline.nightly.publish import gate_verdict
 from slimline.nightly.step import apply_upstream
 from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
-from tests.nightly_helpers import (BIN, TINY, UNTRAINED, Night, airflow_home, git,  # noqa: F401
-                                   nightly_tip, project, run_dag, storage, succeeded, tags,
+# (test_containers.py and test_search_dag.py import these from here too)
+from tests.nightly_helpers import (BIN, TINY, UNTRAINED, Night, airflow_env, airflow_home,  # noqa: F401
+                                   git, nightly_tip, project, run_dag, storage, succeeded, tags,
                                    tree_digest)
 
 

@@ -7,7 +7,9 @@ The DAG file only wires tasks; everything it runs lives here, in small modules:
   storage    the S3 remote: settings from the environment, DVC remote config, access check
   seaweed    the embedded SeaweedFS server (loopback, credentials required)
   workspace  one git worktree per run, so two runs never share a DVC lock
-  runner     how a stage step is executed: `local` (subprocess); docker/kubernetes plug in here
+  runner     how a stage step is executed: `local` (subprocess), `docker` (docker_runner:
+             DockerOperator), `kubernetes` (kubernetes_runner: KubernetesPodOperator); the
+             container runners' settings in containers
   step       what a runner executes for one stage: pull deps -> dvc repro -> push outs
   publish    gate check, push, commit lock + metrics to the versioning branch, tag the night
   tasks      the Airflow task callables (the only module that imports Airflow)

@@ -6,7 +6,8 @@
   SLIMLINE_PUBLISH_BRANCH        the versioning branch (default nightly)
   SLIMLINE_GIT_REMOTE            also push the branch and tags there (default: none)
   SLIMLINE_KEEP_RUNS             run worktrees kept on disk (default 14; the remote keeps all)
-  SLIMLINE_RUNNER                local (default); the Airflow Variable slimline_runner wins
+  SLIMLINE_RUNNER                local (default), docker or kubernetes; the Airflow Variable
+                                 slimline_runner wins (their settings: slimline/nightly/containers.py)
   SLIMLINE_S3_CONN_ID            take the S3 settings from this Airflow connection instead of env
   SLIMLINE_SCHEDULE              cron (default "0 2 * * *": 02:00 UTC every night)
   SLIMLINE_RETRIES               retries per task (default 2), with exponential back-off from

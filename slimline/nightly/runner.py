@@ -1,6 +1,6 @@
 """Runners: where a task's command executes. Chosen by name (SLIMLINE_RUNNER, or the Airflow
-Variable `slimline_runner`); this module builds `local`, the containers work adds `docker` and
-`kubernetes` by registering a class with the same `run` method.
+Variable `slimline_runner`): `local` (here), `docker` (docker_runner.py: DockerOperator) and
+`kubernetes` (kubernetes_runner.py: KubernetesPodOperator), all with the same `run` method.
 
 The command is always `python -m <module> <args>` in the run's workspace — the stage steps
 (`slimline.nightly.step`) and publish (`slimline.nightly.publish`) — so a runner only decides where
@@ -8,6 +8,7 @@ that process lives, how the workspace and the environment reach it and how its o
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Job:
     env: dict[str, str] = field(repr=False)   # storage settings and credentials
     secrets: list[str] = field(repr=False, default_factory=list)
     log_file: Path | None = None     # the command's full output is kept here too
+    shared: tuple[Path, ...] = ()    # other folders the command writes (publish: the run's folder)
 
 
 class JobFailed(Exception):
@@ -64,36 +66,50 @@ class LocalRunner:
         return env
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> None:
-        last_line = ""
-        log = None
-        if job.log_file:
-            job.log_file.parent.mkdir(parents=True, exist_ok=True)
-            log = open(job.log_file, "a")
-        try:
-            def forward(line: str) -> None:
-                nonlocal last_line
-                if line.strip():
-                    last_line = line
-                on_line(line)
-                if log:
-                    log.write(line + "\n")
-                    log.flush()
-
+        with LogTee(job, on_line) as forward:
             code = run_streaming([self.python, "-m", *job.module_args], job.workspace,
                                  self.environment(job), forward, job.secrets)
-        finally:
-            if log:
-                log.close()
         if code != 0:
-            raise JobFailed(job.task, code, last_line)
+            raise JobFailed(job.task, code, forward.last_line)
 
 
-RUNNERS: dict[str, type] = {"local": LocalRunner}
+class LogTee:
+    """A job's output lines: to on_line and the job's log file; remembers the last non-empty one."""
+
+    def __init__(self, job: Job, on_line: Callable[[str], None]):
+        self.job, self.on_line, self.last_line, self.log = job, on_line, "", None
+
+    def __enter__(self) -> "LogTee":
+        if self.job.log_file:
+            self.job.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(self.job.log_file, "a")
+        return self
+
+    def __call__(self, line: str) -> None:
+        if line.strip():
+            self.last_line = line
+        self.on_line(line)
+        if self.log:
+            self.log.write(line + "\n")
+            self.log.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.log:
+            self.log.close()
+
+
+# module:class, imported on use: the container runners pull in Airflow's providers, which the
+# scheduler parsing the DAG file and the stage commands do not need.
+RUNNERS: dict[str, str] = {
+    "local": "slimline.nightly.runner:LocalRunner",
+    "docker": "slimline.nightly.docker_runner:DockerRunner",
+    "kubernetes": "slimline.nightly.kubernetes_runner:KubernetesRunner",
+}
 
 
 def get_runner(name: str) -> Runner:
-    try:
-        return RUNNERS[name]()
-    except KeyError:
+    if name not in RUNNERS:
         raise SlimlineError(f"runner '{name}' is not available (known: {', '.join(sorted(RUNNERS))}); "
-                            "set SLIMLINE_RUNNER or the Airflow Variable slimline_runner") from None
+                            "set SLIMLINE_RUNNER or the Airflow Variable slimline_runner")
+    module, _, cls = RUNNERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -3,6 +3,7 @@
 setup_workspace  validate the run's overrides and the storage, create the run's worktree
 run_stage        one dvc.yaml stage through the configured runner (pull deps, repro, push outs)
 publish          through the runner: gate check, push, versioning branch + tag, comparison
+search           (slimline_search DAG) the budget-driven search for a target, in the run's workspace
 
 Failures that a retry cannot fix (bad overrides, refused credentials, a stage's bad-input exit)
 raise AirflowFailException, so the run fails at once instead of retrying for an hour.
@@ -110,7 +111,8 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     settings = storage_settings(config)
     runner = get_runner(_runner_name(config))
     job = Job(task=task, module_args=module_args, workspace=workspace.root, env=settings.env(),
-              secrets=settings.secrets(), log_file=workspace.task_log(task))
+              secrets=settings.secrets(), log_file=workspace.task_log(task),
+              shared=(workspace.run_dir,))
     log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
     runner.run(job, log.info)
 
@@ -164,3 +166,34 @@ def publish(project: str, **context) -> dict:
     log.info("published %s: report %s, stage logs %s, model %s", published["tag"],
              published["report"], published["stage_logs"], published["model"])
     return published
+
+
+def search(project: str, **context) -> dict:
+    """The search of stages.search in the run's workspace, on the data and teacher that the
+    `prepare` task pulled or built. Trials live in the workspace, so a retried task resumes the
+    study instead of starting over."""
+    config = _config(project)
+    workspace = _workspace_for(context, config)
+    settings = context["params"]
+    target = settings["target"]
+    out = Path("search") / target
+    arguments = ["stages.search", "--target", target, "--minutes", str(settings["minutes"]),
+                 "--max-trials", str(settings["max_trials"]), "--out", str(out),
+                 "--log", str(out / "search.log")]
+    if settings.get("write_profile"):
+        arguments += ["--write-profile", settings["write_profile"]]
+    try:
+        _run_job(config, "search", arguments, workspace)
+    except JobFailed as exc:
+        if exc.exit_code in PERMANENT_EXIT_CODES:
+            raise AirflowFailException(f"search: {exc}") from None
+        raise RuntimeError(f"search: {exc}") from None
+    folder = workspace.root / out
+    result = {"front": str(folder / "front.md"), "plot": str(folder / "front.png"),
+              "pick": json.loads((folder / "front.json").read_text())["pick"]}
+    if settings.get("write_profile"):
+        result["profile"] = str(workspace.root / "profiles" / f"{settings['write_profile']}.yaml")
+    log.info("search for %s: front %s; pick %s; profile %s", target, result["front"],
+             result["pick"]["number"] if result["pick"] else "none (no candidate meets the budgets)",
+             result.get("profile", "not written"))
+    return result
