@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from slimline.nightly.workspace import run_key
-from test_nightly import BIN, airflow_env, airflow_home, git, project, storage  # noqa: F401
+from tests.nightly_helpers import BIN, airflow_env, airflow_home, git, project, storage  # noqa: F401
 
 TINY_SEARCH = {
     "model.widths": [8, 16, 32], "prepare.train.epochs": 1,
