@@ -14,7 +14,7 @@ from slimline.artifact import ONNX, build_from_recipe, load_model, write_artifac
 from slimline.data import load_split
 from slimline.decompose import check_config, decompose_model
 from slimline.errors import SlimlineError
-from slimline.passthrough import pass_through
+from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
 from slimline.train import accuracy, seed_everything
@@ -34,6 +34,8 @@ def main(args, params, log):
     config = params.decompose
     if not config.enabled:
         pass_through("decompose", args, log)
+        return
+    if skipped_onnx_only("decompose", args, log):
         return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)
