@@ -4,6 +4,7 @@ and one clear line for each bad input a user can give."""
 import json
 import shutil
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,8 +116,10 @@ def export_elsewhere(images: np.ndarray, labels: np.ndarray, path) -> None:
         loss.backward()
         optimizer.step()
     batch = torch.export.Dim("n", min=1, max=1024)
-    torch.onnx.export(model.eval(), (x[:2],), str(path), input_names=["pixels"],
-                      output_names=["scores"], dynamic_shapes=({0: batch},), external_data=False)
+    with warnings.catch_warnings():  # the exporter's deprecation chatter is not ours to fix
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x[:2],), str(path), input_names=["pixels"],
+                          output_names=["scores"], dynamic_shapes=({0: batch},), external_data=False)
 
 
 def test_onnx_file_exported_elsewhere_is_quantized_and_evaluated(tmp_path):
@@ -258,3 +261,47 @@ def test_npz_without_the_declared_key(tmp_path):
     np.savez(tmp_path / "arrays.npz", images=np.zeros((20, 1, 8, 8), np.float32), y=np.zeros(20, np.int64))
     result = prepare(tmp_path, data={"source": "npz", "path": str(tmp_path / "arrays.npz"), **SMALL})
     assert_one_line(result, "arrays.npz", "no array 'x' (data.inputs)", "images")
+
+
+class TokenBag(nn.Module):
+    """Two named inputs of a text encoder's kind: token ids and an attention mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.head = nn.Embedding(50, 16), nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp_min(1))
+
+
+def test_named_inputs_with_a_sequence_axis_train_export_and_feed_onnx(tmp_path):
+    from slimline.artifact import Recipe, input_specs, write_artifact
+    from slimline.data import split_dataset
+    from slimline.measure import onnx_predict
+    from slimline.params import TrainParams
+    from slimline.runtime import make_session
+    from slimline.train import accuracy, fit, predict
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (240, 12))
+    mask = np.ones_like(ids)
+    mask[:, 9:] = 0
+    labels = ((ids[:, :9] < 25).mean(1) > 0.5).astype(np.int64)  # mostly low ids among the unmasked
+    splits = split_dataset({"input_ids": ids, "attention_mask": mask}, labels,
+                           val_size=60, test_size=20, calibration_size=16, seed=0)
+    torch.manual_seed(0)
+    model = TokenBag()
+    fit(model, splits["train"], TrainParams(epochs=8, batch_size=32, learning_rate=0.5, max_shift=2),
+        seed=0, log=lambda line: None)
+    assert accuracy(model, splits["val"]) > 0.75
+
+    axes = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    recipe = Recipe("token_bag", {}, input_specs(splits["val"].inputs, axes))
+    assert recipe.inputs[0] == {"name": "input_ids", "dtype": "int64", "shape": [1, 12],
+                                "axes": ["batch", "sequence"]}
+    assert write_artifact(tmp_path / "model", model, recipe, splits["val"].head(8), 1e-4) < 1e-4
+    session = make_session(tmp_path / "model" / ONNX)
+    assert [value.name for value in session.get_inputs()] == ["input_ids", "attention_mask"]
+    shorter = {"input_ids": ids[:5, :6], "attention_mask": mask[:5, :6]}  # another batch and length
+    np.testing.assert_allclose(onnx_predict(session, shorter), predict(model, shorter), atol=1e-5)
