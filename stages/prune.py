@@ -15,12 +15,12 @@ import torch
 from slimline.artifact import ONNX, build_from_recipe, load_model, write_artifact
 from slimline.data import load_split
 from slimline.errors import SlimlineError
-from slimline.passthrough import pass_through
+from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.prune import check_layer_names, prune_structured, prune_unstructured, weight_sparsity
 from slimline.recipe import resize_edits
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, seed_everything
+from slimline.train import accuracy, seed_everything, to_tensors
 
 
 def add_arguments(parser):
@@ -44,6 +44,8 @@ def main(args, params, log):
     if not config.enabled:
         pass_through("prune", args, log)
         return
+    if skipped_onnx_only("prune", args, log):
+        return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)
     num_classes = recipe.arguments.get("num_classes")
@@ -51,7 +53,7 @@ def main(args, params, log):
     val = load_split(args.data / "val.npz", num_classes)
     check_layer_names(model, config.exclude, f"{args.params}: prune.exclude")
     reference = copy.deepcopy(model)
-    example = torch.from_numpy(val.images[:1])
+    example = to_tensors(val.head(1))
     val_before = accuracy(model, val)
     log.info("input %s: val top-1 %.2f%%; %s pruning, keep ratio %g, %s importance, %s scope, %d step(s)",
              args.input, 100 * val_before, config.method, config.keep_ratio, config.importance,
@@ -71,11 +73,11 @@ def main(args, params, log):
 
     new_recipe = recipe.derive("prune", edits=recipe.edits + resize_edits(reference, model))
     check_replay(new_recipe, model)
-    difference = write_artifact(args.output, model, new_recipe, val.images[:64], config.parity_tolerance)
+    difference = write_artifact(args.output, model, new_recipe, val.head(64), config.parity_tolerance)
     log.info("artifact written to %s (%d resize edits); torch/ONNX parity max |logit diff| %.2e",
              args.output, len(new_recipe.edits) - len(recipe.edits), difference)
 
-    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.images[:1],
+    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.head(1),
                             runs=config.latency_runs)
     log.info("ONNX Runtime (batch 1, 1 thread, interleaved): p50 %.3f ms -> %.3f ms (%.2fx faster); "
              "parameters %d -> %d (%.2fx); MACs %d -> %d (%.2fx)",
