@@ -20,7 +20,7 @@ from slimline.errors import SlimlineError
 if TYPE_CHECKING:
     from torch import nn
 
-FORMAT = "slimline-artifact/1"
+FORMAT = "slimline-artifact/2"   # 2: named inputs (was input_shape + input_name)
 RECIPE, WEIGHTS, ONNX = "recipe.json", "weights.safetensors", "model.onnx"
 
 
@@ -59,7 +59,11 @@ class Recipe:
     @classmethod
     def from_json(cls, data: dict, source: str) -> "Recipe":
         if data.get("format") != FORMAT:
-            raise SlimlineError(f"{source}: not a Slimline recipe (format {data.get('format')!r})")
+            found = data.get("format")
+            hint = ("; made by an older Slimline: rebuild it" if str(found).startswith("slimline-artifact/")
+                    else "")
+            raise SlimlineError(f"{source}: not a Slimline recipe of format {FORMAT} "
+                                f"(format {found!r}{hint})")
         fields = {key: value for key, value in data.items() if key != "format"}
         try:
             return cls(**fields)
