@@ -44,6 +44,9 @@ class TrainParams(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     # Random shifts of up to this many pixels: cheap augmentation that helps on 3,500 images.
     max_shift: int = Field(2, ge=0)
+    # sgd: SGD + Nesterov (convnets); adamw: AdamW (transformers, which SGD trains poorly).
+    # Both follow the one-cycle schedule peaking at learning_rate.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
 
 
 class PrepareParams(Section):
@@ -65,8 +68,11 @@ class PruneParams(Section):
     # structured: whole channels leave the tensors (really faster); unstructured: weights are
     # zeroed in place (smaller compressed file, no latency gain in ONNX Runtime's dense kernels).
     method: Literal["structured", "unstructured"] = "structured"
-    # Fraction kept: of each layer's channels (structured) or of the weights (unstructured).
+    # Fraction kept: of each layer's channels (structured) or of the weights (unstructured);
+    # for a transformer, of each FFN's neurons.
     keep_ratio: float = Field(0.5, gt=0, le=1)
+    # Transformers: fraction of each layer's attention heads kept (null: keep_ratio).
+    head_keep_ratio: Optional[float] = Field(None, gt=0, le=1)
     # How a channel is ranked: filter L1 / L2 norm, BatchNorm scale |gamma|, first-order Taylor.
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
     # per_layer: every layer keeps keep_ratio; global: one ranking over all layers.

@@ -1,0 +1,52 @@
+"""Embedding fidelity: how close a compressed encoder's sentence embeddings stay to the teacher's.
+
+For an encoder without a task head, top-1 means nothing; what a user relies on is that the
+compressed model places each text where the teacher did (mean cosine similarity of the two
+embeddings of the same text) and, when they provide labelled pairs, that similar pairs still
+score above dissimilar ones (pair accuracy at the best cosine threshold, per model, as
+sentence-embedding benchmarks report it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `first` with the same row of `second`."""
+    first = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
+    second = second / np.maximum(np.linalg.norm(second, axis=1, keepdims=True), 1e-12)
+    return np.sum(first * second, axis=1)
+
+
+def embedding_fidelity(teacher: np.ndarray, student: np.ndarray) -> float:
+    """Mean cosine similarity of the student's embeddings to the teacher's (1.0 = identical)."""
+    if teacher.shape != student.shape:
+        raise ValueError(f"embedding shapes differ: teacher {teacher.shape}, student {student.shape}")
+    return float(cosine_rows(teacher, student).mean())
+
+
+def best_threshold_accuracy(similarities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, threshold): pairs with similarity >= threshold are called similar (label 1);
+    the threshold is the one that classifies these pairs best."""
+    order = np.argsort(-similarities)
+    sorted_labels = labels[order]
+    # Calling the top k pairs similar: correct = positives among them + negatives below them.
+    positives_above = np.concatenate([[0], np.cumsum(sorted_labels)])
+    negatives_below = (len(labels) - labels.sum()) - np.concatenate([[0], np.cumsum(1 - sorted_labels)])
+    correct = positives_above + negatives_below
+    best = int(np.argmax(correct))
+    sorted_similarities = similarities[order]
+    threshold = (float(sorted_similarities[best - 1]) if best > 0
+                 else float(sorted_similarities[0]) + 1e-6)
+    return float(correct[best] / len(labels)), threshold
+
+
+def pair_accuracy(embeddings_a: np.ndarray, embeddings_b: np.ndarray, labels: np.ndarray) -> float:
+    return best_threshold_accuracy(cosine_rows(embeddings_a, embeddings_b), labels)[0]
+
+
+def cosine_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - mean cosine(student, teacher): the student's embeddings point where the teacher's do."""
+    return 1 - F.cosine_similarity(student, teacher, dim=1).mean()
