@@ -19,6 +19,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class TextDataParams(Section):
+    """data.source text: a JSONL or CSV file, tokenized with the model's own tokenizer."""
+    text_column: str = Field("text", min_length=1)
+    # Class of each row (names or integers); null: no labels (an embedding model's data).
+    label_column: Optional[str] = "label"
+    # Every text is padded / truncated to this many tokens (the log counts truncated texts).
+    max_length: int = Field(64, ge=2, le=8192)
+    # Embedding models: optional labelled pairs (JSONL/CSV, relative to params.yaml) with
+    # columns text_a, text_b and label (1 similar, 0 dissimilar): pair accuracy in evaluate.
+    pairs: Optional[str] = None
+    pairs_columns: list[Annotated[str, Field(min_length=1)]] = Field(
+        ["text_a", "text_b", "label"], min_length=3, max_length=3)
+
+
 class DataParams(Section):
     source: Literal["mnist"] = "mnist"
     # Split sizes in images; the rest of the data set is the training split.

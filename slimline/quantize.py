@@ -120,7 +120,13 @@ def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(model, str(source))
-        quant_pre_process(str(source), str(target))
+        try:
+            quant_pre_process(str(source), str(target))
+        except Exception:  # noqa: BLE001 - ORT raises a bare Exception for this
+            # ORT's symbolic shape inference gives up on graphs with data-dependent shapes (the
+            # attention-mask arithmetic of a dynamo-exported transformer); ONNX's own shape
+            # inference and the graph optimisation still run without it.
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
         return onnx.load(str(target))
 
 

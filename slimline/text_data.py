@@ -126,3 +126,29 @@ def truncated_count(tokenizer, texts: list[str], max_length: int) -> int:
     lengths = tokenizer(texts, truncation=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"]
     return sum(len(ids) > max_length for ids in lengths)
+
+
+@dataclass
+class TextDataset:
+    inputs: dict[str, np.ndarray]     # input_ids, attention_mask: int64 (N, max_length)
+    labels: np.ndarray                # class indices; zeros when the file has no labels
+    classes: list[str] | None         # label i is classes[i]; None without labels
+    truncated: int                    # texts longer than max_length (cut)
+
+
+def load_text_dataset(path: str | Path, config, tokenizer, label2id: dict | None) -> TextDataset:
+    """The user's text file as tokenized model inputs (config: params data.text)."""
+    table = read_text_table(path, config.text_column, config.label_column)
+    inputs = tokenize(tokenizer, table.texts, config.max_length)
+    truncated = truncated_count(tokenizer, table.texts, config.max_length)
+    if table.labels is None:
+        return TextDataset(inputs, np.zeros(len(table.texts), np.int64), None, truncated)
+    labels, classes = encode_labels(table.labels, label2id, path)
+    return TextDataset(inputs, labels, classes, truncated)
+
+
+def load_pairs(path: str | Path, config, tokenizer) -> tuple[dict, dict, np.ndarray]:
+    """Tokenized sides a and b of the labelled pairs file, and the 0/1 labels."""
+    first, second, labels = read_pairs(path, tuple(config.pairs_columns))
+    return (tokenize(tokenizer, first, config.max_length), tokenize(tokenizer, second, config.max_length),
+            labels)
