@@ -43,8 +43,13 @@ def best_threshold_accuracy(similarities: np.ndarray, labels: np.ndarray) -> tup
     return float(correct[best] / len(labels)), threshold
 
 
-def pair_accuracy(embeddings_a: np.ndarray, embeddings_b: np.ndarray, labels: np.ndarray) -> float:
-    return best_threshold_accuracy(cosine_rows(embeddings_a, embeddings_b), labels)[0]
+def pair_correct(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
+                 labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per pair, whether the model judges it right at its best threshold (so two models can be
+    compared pair by pair, like top-1 correctness), and that threshold."""
+    similarities = cosine_rows(embeddings_a, embeddings_b)
+    _, threshold = best_threshold_accuracy(similarities, labels)
+    return (similarities >= threshold) == (labels == 1), threshold
 
 
 def cosine_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

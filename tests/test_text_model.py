@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimline.embedding import best_threshold_accuracy, cosine_rows, embedding_fidelity
+from slimline.embedding import best_threshold_accuracy, cosine_rows, embedding_fidelity, pair_correct
 from slimline.errors import SlimlineError
 from slimline.lowrank import factorize
 from slimline.models.huggingface import (build_text_model, keep_encoder_layers, load_pretrained,
@@ -112,6 +112,10 @@ def test_pair_accuracy_finds_the_separating_threshold():
     assert best_threshold_accuracy(similarities, np.array([1, 1, 1, 0, 0, 0])) == (1.0, 0.75)
     accuracy, _ = best_threshold_accuracy(similarities, np.array([1, 0, 1, 0, 1, 0]))
     assert accuracy == pytest.approx(4 / 6)
+    first = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 1.0]])
+    second = np.array([[2.0, 0.0], [0.0, 1.0], [0.1, 1.0], [-1.0, -1.0]])
+    correct, threshold = pair_correct(first, second, np.array([1, 0, 1, 1]))
+    assert correct.tolist() == [True, True, True, False] and 0.1 < threshold < 1.0
     vectors = np.array([[1.0, 0.0], [0.0, 2.0]])
     np.testing.assert_allclose(cosine_rows(vectors, vectors * 3), [1.0, 1.0])
 
