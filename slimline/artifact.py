@@ -1,6 +1,6 @@
 """The model artifact: a directory holding a recipe (JSON), weights (safetensors) and ONNX.
 
-    recipe.json          base architecture + structural edits + input spec + lineage
+    recipe.json          base architecture + structural edits + named inputs + lineage
     weights.safetensors  tensors only (absent for ONNX-only artifacts such as int8 models)
     model.onnx           the graph that ships, weights embedded (one file, counted in size)
 
@@ -24,16 +24,34 @@ FORMAT = "slimline-artifact/1"
 RECIPE, WEIGHTS, ONNX = "recipe.json", "weights.safetensors", "model.onnx"
 
 
+def input_specs(example, axes: dict[str, list] | None = None) -> list[dict]:
+    """The recipe's description of named inputs (`example`: name -> array or tensor): dtype, the
+    shape of one example (batch first) and the name of each dynamic axis (None = fixed).
+    Without `axes` only the batch axis is dynamic."""
+    specs = []
+    for name, array in example.items():
+        shape = [1, *array.shape[1:]]
+        names = (axes or {}).get(name) or ["batch"] + [None] * (len(shape) - 1)
+        specs.append({"name": name, "dtype": str(array.dtype).removeprefix("torch."),
+                      "shape": shape, "axes": list(names)})
+    return specs
+
+
 @dataclass
 class Recipe:
+    # A builtin name (slimline/models) or a factory import path "package.module:function".
     architecture: str
     arguments: dict
-    input_shape: list[int]          # one example, batch dimension first (batch is dynamic)
+    inputs: list[dict]              # named inputs, in forward() order (see input_specs)
     edits: list[dict] = field(default_factory=list)
-    input_name: str = "input"
     output_name: str = "logits"
     precision: str = "fp32"         # fp32, or the quantization scheme of an ONNX-only artifact
     history: list[str] = field(default_factory=list)  # which stages made this artifact
+
+    def __post_init__(self):
+        if self.inputs and isinstance(self.inputs[0], int):  # a bare shape: one float32 image input
+            self.inputs = [{"name": "input", "dtype": "float32", "shape": [1, *self.inputs[1:]],
+                            "axes": ["batch"] + [None] * (len(self.inputs) - 1)}]
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **self.__dict__}
@@ -47,6 +65,11 @@ class Recipe:
             return cls(**fields)
         except TypeError as exc:
             raise SlimlineError(f"{source}: malformed recipe ({exc})") from None
+
+    @property
+    def axes(self) -> dict[str, list]:
+        """Input name -> dynamic axis names, as export_onnx takes them."""
+        return {spec["name"]: spec["axes"] for spec in self.inputs}
 
     def derive(self, stage: str, **changes) -> "Recipe":
         """The recipe of a model made from this one by `stage`."""
@@ -112,21 +135,22 @@ def write_artifact(target: str | Path, model: nn.Module, recipe: Recipe, parity_
                    tolerance: float) -> float:
     """Write recipe + weights + ONNX atomically; refuse (write nothing) if parity fails.
 
-    Returns the max |torch - ONNX| logit difference on `parity_inputs`.
+    `parity_inputs` are named inputs (name -> array), in the model's argument order.
+    Returns the max |torch - ONNX| logit difference on them.
     """
-    import torch
-
     from slimline.atomic import atomic_dir
+    from slimline.data import as_inputs, take
     from slimline.onnx_export import check_parity, export_onnx, parity
+    from slimline.train import to_tensors
 
     target = Path(target)
     model = model.eval()
     with atomic_dir(target) as tmp:
         write_recipe(recipe, tmp / RECIPE)
         save_weights(model, tmp / WEIGHTS)
-        example = torch.from_numpy(parity_inputs[:2])
-        export_onnx(model, example, tmp / ONNX, input_name=recipe.input_name,
-                    output_name=recipe.output_name)
+        parity_inputs = as_inputs(parity_inputs)
+        example = to_tensors(take(parity_inputs, slice(0, 2)))
+        export_onnx(model, example, tmp / ONNX, axes=recipe.axes, output_name=recipe.output_name)
         difference = parity(model, tmp / ONNX, parity_inputs)
         check_parity(difference, tolerance, str(target))
     return difference

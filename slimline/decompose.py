@@ -17,17 +17,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from slimline.data import Split
+from slimline.data import Inputs, Split
 from slimline.errors import SlimlineError
 from slimline.lowrank import factorizable, factorize, max_rank, method_for, weight_count
 from slimline.params import DecomposeParams
 from slimline.recipe import factorize_edit
 from slimline.speed import p50_latencies, speedup
-from slimline.train import accuracy, fit
+from slimline.train import TensorInputs, accuracy, fit, forward, to_tensors
 
 
 @dataclass
@@ -146,7 +145,7 @@ def check_config(model: nn.Module, config: DecomposeParams, source: str) -> None
                                 f"than the layer ({_describe(layer)} has full {method} rank {limit})")
 
 
-def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+def _layer_inputs(model: nn.Module, names: list[str], samples: TensorInputs) -> dict[str, torch.Tensor]:
     captured, hooks = {}, []
     for name in names:
         def hook(module, inputs, output, name=name):
@@ -154,7 +153,7 @@ def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> d
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(images)
+            forward(model.eval(), samples)
     finally:
         for handle in hooks:
             handle.remove()
@@ -198,20 +197,22 @@ def _decide(name: str, layer: nn.Module, inputs: torch.Tensor, config: Decompose
     chain = factorize(layer, method, decision.ranks, seed=seed)
     decision.relative_error = _relative_error(layer, chain, inputs)
     decision.latency_ms_before, decision.latency_ms_after, gain = speedup(
-        layer, chain, inputs[:1], runs=config.latency_runs)
+        layer, chain, {"input": inputs[:1]}, runs=config.latency_runs)
     decision.kept = gain >= config.min_speedup
     decision.reason = (f"faster ({gain:.2f}x >= {config.min_speedup:g}x)" if decision.kept else
                        f"not faster enough in ONNX Runtime ({gain:.2f}x < {config.min_speedup:g}x)")
     return decision, chain
 
 
-def decompose_model(model: nn.Module, config: DecomposeParams, samples: np.ndarray, train: Split,
+def decompose_model(model: nn.Module, config: DecomposeParams, samples: Inputs, train: Split,
                     val: Split | None, *, seed: int, log=print) -> DecomposeReport:
-    """Factorize the layers that measure faster, check the whole model, fine-tune if changed."""
+    """Factorize the layers that measure faster, check the whole model, fine-tune if changed.
+
+    `samples`: named inputs whose activations measure each layer's error and latency."""
     report = DecomposeReport()
     names = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
-    images = torch.from_numpy(samples)
-    inputs = _layer_inputs(model, names, images)
+    samples = to_tensors(samples)  # a bare array is the one image input
+    inputs = _layer_inputs(model, names, samples)
     original = copy.deepcopy(model).eval()
     chains = {}
     for name in names:
@@ -227,7 +228,7 @@ def decompose_model(model: nn.Module, config: DecomposeParams, samples: np.ndarr
 
     for name, chain in chains.items():
         model.set_submodule(name, chain)
-    example = images[:1]
+    example = {name: tensor[:1] for name, tensor in samples.items()}
     while report.kept:
         p50 = p50_latencies({"original": original, "factorized": model}, example,
                             runs=config.latency_runs)

@@ -23,7 +23,8 @@ from torch import nn
 from slimline.data import Split
 from slimline.errors import SlimlineError
 from slimline.params import DistillParams
-from slimline.train import accuracy, cross_entropy, fit, seed_everything
+from slimline.train import (TensorInputs, accuracy, cross_entropy, fit, forward, seed_everything,
+                            to_tensors)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -60,11 +61,11 @@ class _FeatureTap:
         self.value = output
 
 
-def _channels(model: nn.Module, stages: list[nn.Module], example: torch.Tensor) -> list[int]:
+def _channels(model: nn.Module, stages: list[nn.Module], example: TensorInputs) -> list[int]:
     taps = [_FeatureTap(stage) for stage in stages]
     with torch.no_grad():
         training = model.training
-        model.eval()(example)
+        forward(model.eval(), example)
         model.train(training)
     for tap in taps:
         tap.handle.remove()
@@ -81,8 +82,8 @@ class StudentWithAdapters(nn.Module):
         self.adapters = nn.ModuleList(nn.Conv2d(s, t, 1, bias=False)
                                       for s, t in zip(student_channels, teacher_channels))
 
-    def forward(self, images):
-        return self.student(images)
+    def forward(self, *inputs):
+        return self.student(*inputs)
 
 
 @dataclass
@@ -100,10 +101,10 @@ def distill(student: nn.Module, teacher: nn.Module, train: Split, config: Distil
     temperature, alpha = config.temperature, config.alpha
 
     if config.feature_weight == 0:
-        def loss_fn(model, images, labels):
+        def loss_fn(model, inputs, labels):
             with torch.inference_mode():
-                teacher_logits = teacher(images)
-            return kd_loss(model(images), teacher_logits.clone(), labels,
+                teacher_logits = forward(teacher, inputs)
+            return kd_loss(forward(model, inputs), teacher_logits.clone(), labels,
                            temperature=temperature, alpha=alpha)
         trained = student
     else:
@@ -111,17 +112,17 @@ def distill(student: nn.Module, teacher: nn.Module, train: Split, config: Distil
         if len(student_stages) != len(teacher_stages):
             raise SlimlineError(f"feature distillation: student has {len(student_stages)} blocks, "
                                 f"teacher {len(teacher_stages)}; they must match")
-        example = torch.from_numpy(train.images[:2])
+        example = to_tensors(train.head(2))
         seed_everything(seed)  # adapters' initialisation is part of the seeded run
         trained = StudentWithAdapters(student, _channels(student, student_stages, example),
                                       _channels(teacher, teacher_stages, example))
         student_taps = [_FeatureTap(stage) for stage in student_stages]
         teacher_taps = [_FeatureTap(stage) for stage in teacher_stages]
 
-        def loss_fn(model, images, labels):
+        def loss_fn(model, inputs, labels):
             with torch.inference_mode():
-                teacher_logits = teacher(images)
-            loss = kd_loss(model(images), teacher_logits.clone(), labels,
+                teacher_logits = forward(teacher, inputs)
+            loss = kd_loss(forward(model, inputs), teacher_logits.clone(), labels,
                            temperature=temperature, alpha=alpha)
             hints = sum(F.mse_loss(adapter(s_tap.value), t_tap.value.clone())
                         for adapter, s_tap, t_tap in zip(model.adapters, student_taps, teacher_taps))

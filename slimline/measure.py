@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from slimline.data import Split
+from slimline.data import Inputs, Split, as_inputs, batches
 from slimline.errors import SlimlineError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
@@ -100,10 +100,10 @@ class Timing:
         return float(np.percentile(self.all, q))
 
 
-def time_interleaved(sessions: dict, inputs: np.ndarray, *, runs: int, warmup: int,
+def time_interleaved(sessions: dict, inputs: Inputs | np.ndarray, *, runs: int, warmup: int,
                      rounds: int) -> dict[str, Timing]:
-    """Time `runs` calls of each session on `inputs`, split into interleaved rounds."""
-    feeds = {name: {session.get_inputs()[0].name: inputs} for name, session in sessions.items()}
+    """Time `runs` calls of each session on `inputs` (name -> array), in interleaved rounds."""
+    feeds = {name: as_inputs(inputs) for name in sessions}
     for name, session in sessions.items():
         for _ in range(warmup):
             session.run(None, feeds[name])
@@ -122,11 +122,19 @@ def time_interleaved(sessions: dict, inputs: np.ndarray, *, runs: int, warmup: i
     return {name: Timing(rounds) for name, rounds in samples.items()}
 
 
-def onnx_predict(session, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i:i + batch_size]})[0]
-                           for i in range(0, len(images), batch_size)])
+def check_feeds(session, inputs: Inputs, where: str) -> None:
+    """The graph's inputs and the data's must have the same names, or nothing can be fed."""
+    wanted = [value.name for value in session.get_inputs()]
+    if sorted(wanted) != sorted(inputs):
+        raise SlimlineError(f"{where}: the ONNX graph takes inputs {wanted}, the data provides "
+                            f"{list(inputs)}; they must have the same names")
+
+
+def onnx_predict(session, inputs: Inputs | np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The first output (logits) of the session on named inputs, in batches."""
+    return np.concatenate([session.run(None, batch)[0]
+                           for batch in batches(as_inputs(inputs), batch_size)])
 
 
 def onnx_accuracy(session, data: Split) -> float:
-    return float((onnx_predict(session, data.images).argmax(1) == data.labels).mean())
+    return float((onnx_predict(session, data.inputs).argmax(1) == data.labels).mean())

@@ -12,16 +12,33 @@ import onnx
 import torch
 from torch import nn
 
+from slimline.data import Inputs
 from slimline.errors import SlimlineError
 
 OPSET = 18  # torch 2.13's dynamo exporter converts at 18; asking for 17 fails.
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *,
-                input_name: str = "input", output_name: str = "logits") -> None:
-    """Dynamo export with a dynamic batch dimension; weights embedded so one file is the model."""
-    model = model.eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
+def dynamic_shapes(example: dict[str, torch.Tensor], axes: dict[str, list] | None) -> tuple:
+    """torch.export's dynamic_shapes, one dict per input: axis -> Dim. Axes sharing a name
+    share one Dim (input_ids and attention_mask have the same batch and sequence length).
+    Without `axes`, the first axis of every input is the batch."""
+    dims = {"batch": torch.export.Dim("batch", min=1, max=4096)}
+    shapes = []
+    for name, tensor in example.items():
+        names = (axes or {}).get(name) or ["batch"] + [None] * (tensor.dim() - 1)
+        shapes.append({axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=65536))
+                       for axis, label in enumerate(names) if label})
+    return tuple(shapes)
+
+
+def export_onnx(model: nn.Module, example: dict[str, torch.Tensor] | torch.Tensor, path: Path, *,
+                axes: dict[str, list] | None = None, output_name: str = "logits") -> None:
+    """Dynamo export of a model on named inputs (ONNX input names = the keys, in order), with
+    dynamic axes (`axes`: input name -> one axis name or None per dimension; default: batch);
+    weights embedded so one file is the model."""
+    from slimline.train import as_tensor_inputs
+
+    model, example = model.eval(), as_tensor_inputs(example)
     # The exporter narrates every step and warns about torchvision being absent: keep logs readable.
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -29,22 +46,24 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *,
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=[input_name],
-                              output_names=[output_name], dynamic_shapes=({0: batch},),
+            torch.onnx.export(model, tuple(example.values()), str(path), input_names=list(example),
+                              output_names=[output_name], dynamic_shapes=dynamic_shapes(example, axes),
                               external_data=False, opset_version=OPSET, verbose=False)
     finally:
         quiet.setLevel(level)
     onnx.checker.check_model(str(path))
 
 
-def parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray) -> float:
+def parity(model: nn.Module, onnx_path: Path, inputs: Inputs) -> float:
     """Max |torch - ONNX Runtime| over the logits of `inputs`."""
     from slimline.runtime import make_session
+    from slimline.data import as_inputs
+    from slimline.train import forward, to_tensors
 
-    session = make_session(onnx_path, threads=1)
+    session, inputs = make_session(onnx_path, threads=1), as_inputs(inputs)
     with torch.no_grad():
-        expected = model.eval()(torch.from_numpy(inputs)).numpy()
-    actual = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+        expected = forward(model.eval(), to_tensors(inputs)).numpy()
+    actual = session.run(None, inputs)[0]
     return float(np.abs(expected - actual).max())
 
 

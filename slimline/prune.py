@@ -21,7 +21,8 @@ from torch import nn
 from slimline.data import Split
 from slimline.errors import SlimlineError
 from slimline.params import PruneParams
-from slimline.train import accuracy, cross_entropy, fit
+from slimline.train import (TensorInputs, accuracy, as_tensor_inputs, cross_entropy, fit, forward,
+                            to_tensors)
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -65,7 +66,7 @@ def check_layer_names(model: nn.Module, names, key: str) -> None:
                                 f"name (layers are named like: {examples}, ...)")
 
 
-def classifier_head(model: nn.Module, example: torch.Tensor) -> str:
+def classifier_head(model: nn.Module, example: TensorInputs) -> str:
     """The layer whose output is the model's output: its output channels are the classes."""
     produced, order = {}, []
     hooks = []
@@ -77,7 +78,7 @@ def classifier_head(model: nn.Module, example: torch.Tensor) -> str:
             hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            output = model.eval()(example)
+            output = forward(model.eval(), example)
     finally:
         for handle in hooks:
             handle.remove()
@@ -116,8 +117,8 @@ def _accumulate_gradients(model: nn.Module, data: Split, batches: int, seed: int
     batch_size = 64
     for index in range(min(batches, -(-len(data) // batch_size))):
         rows = order[index * batch_size:(index + 1) * batch_size]
-        cross_entropy(model, torch.from_numpy(data.images[rows]),
-                      torch.from_numpy(data.labels[rows])).backward()
+        batch = data.subset(rows)
+        cross_entropy(model, to_tensors(batch.inputs), torch.from_numpy(batch.labels)).backward()
 
 
 def _kept_count(initial: int, keep_fraction: float, multiple: int, floor: int) -> int:
@@ -140,13 +141,15 @@ class _Group:
 
 
 class _StructuredPruner:
-    def __init__(self, model: nn.Module, config: PruneParams, example: torch.Tensor, head: str):
+    def __init__(self, model: nn.Module, config: PruneParams, example: TensorInputs, head: str):
         self.model, self.config = model, config
         self.names = {module: name for name, module in model.named_modules()}
         ignored = [model.get_submodule(name) for name in {head, *config.exclude}]
         # BasePruner builds the DependencyGraph and detects grouped convolutions; its own
         # ranking is not used (see the module docstring).
-        self.pruner = tp.pruner.BasePruner(model, example, make_importance(config.importance),
+        # A tuple of example inputs: Torch-Pruning traces model(*example), the forward() order.
+        self.pruner = tp.pruner.BasePruner(model, tuple(example.values()),
+                                           make_importance(config.importance),
                                            ignored_layers=ignored, pruning_ratio=0.0)
         self.graph = self.pruner.DG
         # A group without BatchNorm (a plain conv feeding a concat, say) has no BN scale to rank
@@ -237,9 +240,10 @@ class _StructuredPruner:
         return cuts
 
 
-def prune_structured(model: nn.Module, config: PruneParams, example: torch.Tensor, train: Split,
+def prune_structured(model: nn.Module, config: PruneParams, example: TensorInputs, train: Split,
                      val: Split | None, *, seed: int, log=print) -> PruneReport:
     """Cut channels in `config.steps` steps to `config.keep_ratio`, fine-tuning between and after."""
+    example = as_tensor_inputs(example)
     head = classifier_head(model, example)
     report = PruneReport("structured", channels_before=output_channels(model))
     pruner = _StructuredPruner(model, config, example, head)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from slimline.data import Split
+from slimline.data import Inputs, Split
 from slimline.errors import SlimlineError
 from slimline.linear_quant import asymmetric_uint8
 from slimline.params import QuantizeParams
@@ -58,7 +58,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
-def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], images: np.ndarray) -> dict:
+def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], inputs: Inputs) -> dict:
     low, high, handles = {}, {}, []
     for name, layer in layers.items():
         def record(module, inputs, name=name):
@@ -66,7 +66,7 @@ def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], images: np.nda
             low[name] = min(low.get(name, np.inf), float(x.min()))
             high[name] = max(high.get(name, -np.inf), float(x.max()))
         handles.append(layer.register_forward_pre_hook(record))
-    predict(model, images, batch_size=64)
+    predict(model, inputs, batch_size=64)
     for handle in handles:
         handle.remove()
     return {name: asymmetric_uint8(np.zeros(1), low=low[name], high=high[name]) for name in layers}
@@ -80,7 +80,7 @@ def quantization_aware_training(model: nn.Module, train: Split, calibration: Spl
         raise SlimlineError("calibration split is empty: QAT needs it for activation ranges")
     folded = fold_batchnorm(model)
     layers = {name: module for name, module in folded.named_modules() if isinstance(module, QUANTIZED_LAYERS)}
-    ranges = _input_ranges(folded, layers, calibration.images)
+    ranges = _input_ranges(folded, layers, calibration.inputs)
     shift = 128 if target.activation_type == "int8" else 0   # same grid, signed storage
     handles = []
     for name, layer in layers.items():

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from slimline.data import Split
+from slimline.data import Inputs, Split, batches
 from slimline.errors import SlimlineError
 from slimline.linear_quant import QuantParams, asymmetric_uint8, quantization_error, symmetric_int8
 from slimline.params import QuantizeParams
@@ -80,8 +80,8 @@ def choose_int8_target(config: QuantizeParams, features: set[str],
 class _CalibrationReader:
     """Feeds the calibration split in a fixed order (so calibration is reproducible)."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int):
-        self._batches = [{input_name: images[i:i + batch_size]} for i in range(0, len(images), batch_size)]
+    def __init__(self, inputs: Inputs, batch_size: int):
+        self._batches = list(batches(inputs, batch_size))
         self._position = 0
 
     def get_next(self):
@@ -105,11 +105,6 @@ def _quiet_ort():
             yield
     finally:
         logger.setLevel(level)
-
-
-def _input_name(model: onnx.ModelProto) -> str:
-    initializers = {init.name for init in model.graph.initializer}
-    return next(value.name for value in model.graph.input if value.name not in initializers)
 
 
 def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -141,7 +136,7 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: Split, config: Quan
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     extra = {"CalibPercentile": config.percentile} if config.calibration_method == "percentile" else {}
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    reader = _CalibrationReader(_input_name(model), calibration.images, config.calibration_batch_size)
+    reader = _CalibrationReader(calibration.inputs, config.calibration_batch_size)
     with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
         source, output = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
@@ -266,8 +261,8 @@ def weight_errors(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
 
 
 def activation_errors(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
-                      images: np.ndarray) -> list[TensorError]:
-    """Per activation tensor: the error of quantizing its fp32 values (on `images`) with the
+                      inputs: Inputs) -> list[TensorError]:
+    """Per activation tensor: the error of quantizing its fp32 values (on `inputs`) with the
     scale and zero point ORT calibrated."""
     from slimline.runtime import make_session
 
@@ -290,7 +285,7 @@ def activation_errors(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
         onnx.save(probe, str(path))
         session = make_session(path)
         outputs = [value.name for value in session.get_outputs()]
-        values = dict(zip(outputs, session.run(outputs, {_input_name(fp32): images})))
+        values = dict(zip(outputs, session.run(outputs, inputs)))
     rows = []
     for name in names:
         scale, zero_point = quantized_activations[name]
@@ -322,7 +317,7 @@ def quantize_model(model: onnx.ModelProto, calibration: Split, config: QuantizeP
         report = QuantizeReport(config.scheme, settings, count_ops(quantized))
         report.tensors = weight_errors(prepared, quantized, target.reduce_range)
         report.tensors += activation_errors(prepared, quantized,
-                                            calibration.images[:config.calibration_batch_size])
+                                            calibration.head(config.calibration_batch_size))
     elif config.scheme == "dynamic":
         quantized = quantize_dynamic_int8(prepared, config, target)
         report = QuantizeReport(config.scheme, settings, count_ops(quantized))

@@ -101,7 +101,7 @@ class TrialRunner:
         self.teacher_session = make_session(teacher / ONNX, threads=1)
 
     def teacher_latency(self) -> float:
-        timing = time_interleaved({"teacher": self.teacher_session}, self.val.images[:1],
+        timing = time_interleaved({"teacher": self.teacher_session}, self.val.head(1),
                                   runs=self.latency_runs, warmup=10, rounds=5)
         return timing["teacher"].percentile(50)
 
@@ -126,7 +126,7 @@ class TrialRunner:
             source = folder / output
         session = make_session(source / ONNX, threads=1)
         timing = time_interleaved({"teacher": self.teacher_session, "candidate": session},
-                                  self.val.images[:1], runs=self.latency_runs, warmup=10, rounds=5)
+                                  self.val.head(1), runs=self.latency_runs, warmup=10, rounds=5)
         candidate = Candidate(number, recipe, onnx_accuracy(session, self.val),
                               timing["candidate"].percentile(50), file_size(source / ONNX) / 1e6,
                               time.perf_counter() - started)

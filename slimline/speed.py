@@ -15,23 +15,26 @@ from torch import nn
 from slimline.measure import time_interleaved
 from slimline.onnx_export import export_onnx
 from slimline.runtime import make_session
+from slimline.train import as_tensor_inputs
 
 
-def p50_latencies(models: dict[str, nn.Module], example: torch.Tensor, *, runs: int,
+def p50_latencies(models: dict[str, nn.Module], example: dict[str, torch.Tensor], *, runs: int,
                   warmup: int = 20, rounds: int = 10, threads: int = 1) -> dict[str, float]:
-    """Median batch-1 latency (ms) of each model in ONNX Runtime, timed side by side."""
+    """Median latency (ms) of each model on `example` (named inputs, usually batch 1) in ONNX
+    Runtime, timed side by side."""
     with tempfile.TemporaryDirectory(prefix="slimline-speed-") as scratch:
-        sessions = {}
+        example, sessions = as_tensor_inputs(example), {}
         for index, (name, model) in enumerate(models.items()):
             path = Path(scratch) / f"{index}.onnx"
             export_onnx(model.eval(), example, path)
             sessions[name] = make_session(path, threads=threads)
-        timings = time_interleaved(sessions, example.numpy(), runs=runs, warmup=warmup,
+        feed = {name: tensor.numpy() for name, tensor in example.items()}
+        timings = time_interleaved(sessions, feed, runs=runs, warmup=warmup,
                                    rounds=rounds)
     return {name: timing.percentile(50) for name, timing in timings.items()}
 
 
-def speedup(reference: nn.Module, candidate: nn.Module, example: torch.Tensor, *,
+def speedup(reference: nn.Module, candidate: nn.Module, example: dict[str, torch.Tensor], *,
             runs: int, threads: int = 1) -> tuple[float, float, float]:
     """(reference p50 ms, candidate p50 ms, reference / candidate); above 1 means faster."""
     p50 = p50_latencies({"reference": reference, "candidate": candidate}, example, runs=runs,
@@ -47,9 +50,10 @@ def compressed_size(path: str | Path) -> int:
     return len(zlib.compress(Path(path).read_bytes(), 6))
 
 
-def compare_onnx(before: str | Path, after: str | Path, example, *, runs: int,
+def compare_onnx(before: str | Path, after: str | Path, example: dict, *, runs: int,
                  threads: int = 1) -> dict[str, float]:
-    """Parameters, MACs, sizes and batch-1 p50 latency of two ONNX models, measured side by side."""
+    """Parameters, MACs, sizes and p50 latency on `example` (named inputs, batch 1) of two ONNX
+    models, measured side by side."""
     from slimline.measure import count_macs, count_parameters, file_size, load_onnx
 
     numbers = {}

@@ -16,6 +16,7 @@ from typing import Callable
 
 from slimline.atomic import write_json
 from slimline.errors import SlimlineError
+from slimline.factory import user_code_path
 from slimline.lineage import code_revision, cpu_info, flatten, package_versions, sha256_file
 from slimline.params import Params, load_params
 
@@ -88,6 +89,7 @@ def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Lo
     parser.add_argument("--log", type=Path, help="also write the stage log to this file")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    user_code_path(args.params.parent)  # model/data factories named in params live beside it
     log = stage_logger(stage, args.log)
     started = time.perf_counter()
     try:

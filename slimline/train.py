@@ -9,10 +9,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from slimline.data import Split
+from slimline.data import DEFAULT_INPUT, Inputs, Split, as_inputs, batches
 from slimline.params import TrainParams
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+TensorInputs = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, TensorInputs, torch.Tensor], torch.Tensor]
+
+
+def to_tensors(inputs: Inputs | np.ndarray) -> TensorInputs:
+    return {name: torch.from_numpy(array) for name, array in as_inputs(inputs).items()}
+
+
+def as_tensor_inputs(inputs: TensorInputs | torch.Tensor) -> TensorInputs:
+    """Named tensors; a bare tensor is the one input of an image model, named "input"."""
+    return {DEFAULT_INPUT: inputs} if isinstance(inputs, torch.Tensor) else inputs
+
+
+def forward(model: nn.Module, inputs: TensorInputs) -> torch.Tensor:
+    """The model on named inputs: passed positionally, in order (the ONNX input order)."""
+    return model(*inputs.values())
 
 
 def seed_everything(seed: int) -> None:
@@ -21,10 +36,18 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def augment(inputs: TensorInputs, max_shift: int, generator: torch.Generator) -> TensorInputs:
+    """Random shifts of every image input (float, N x C x H x W); other inputs (token ids,
+    masks, feature vectors) are left as they are."""
+    if max_shift == 0:
+        return inputs
+    return {name: random_shift(tensor, max_shift, generator)
+            if tensor.is_floating_point() and tensor.dim() == 4 else tensor
+            for name, tensor in inputs.items()}
+
+
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels (zero padding = background after crop)."""
-    if max_shift == 0:
-        return images
     batch, channels, height, width = images.shape
     background = images.amin()
     padded = F.pad(images, [max_shift] * 4, value=float(background))
@@ -36,8 +59,8 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
                   rows, cols]
 
 
-def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(images), labels)
+def cross_entropy(model: nn.Module, inputs: TensorInputs, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(forward(model, inputs), labels)
 
 
 def make_optimizer(model: nn.Module, config: TrainParams) -> torch.optim.Optimizer:
@@ -54,7 +77,7 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
     if config.epochs == 0:
         return []
     generator = torch.Generator().manual_seed(seed)
-    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    inputs, labels = to_tensors(data.inputs), torch.from_numpy(data.labels)
     steps_per_epoch = -(-len(labels) // config.batch_size)
     optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -67,8 +90,9 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
                                 unit="batch", leave=False, mininterval=1.0)
         for step in bar:
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            inputs = random_shift(images[batch], config.max_shift, generator)
-            loss = loss_fn(model, inputs, labels[batch])
+            batch_inputs = augment({name: tensor[batch] for name, tensor in inputs.items()},
+                                   config.max_shift, generator)
+            loss = loss_fn(model, batch_inputs, labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -82,13 +106,13 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for `images`, in evaluation mode."""
+def predict(model: nn.Module, inputs: Inputs | np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for `inputs`, in evaluation mode."""
     model.eval()
-    outputs = [model(torch.from_numpy(images[i:i + batch_size])).numpy()
-               for i in range(0, len(images), batch_size)]
+    outputs = [forward(model, to_tensors(batch)).numpy()
+               for batch in batches(as_inputs(inputs), batch_size)]
     return np.concatenate(outputs)
 
 
 def accuracy(model: nn.Module, data: Split) -> float:
-    return float((predict(model, data.images).argmax(1) == data.labels).mean())
+    return float((predict(model, data.inputs).argmax(1) == data.labels).mean())

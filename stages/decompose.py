@@ -48,7 +48,7 @@ def main(args, params, log):
              config.energy, config.param_reduction, config.min_speedup)
 
     started = time.perf_counter()
-    report = decompose_model(model, config, train.images[:ERROR_SAMPLES], train, val,
+    report = decompose_model(model, config, train.head(ERROR_SAMPLES), train, val,
                              seed=params.seed, log=log.info)
     seconds = time.perf_counter() - started
     val_after = accuracy(model, val)
@@ -61,11 +61,11 @@ def main(args, params, log):
         build_from_recipe(new_recipe).load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as exc:
         raise SlimlineError(f"factorize edits do not reproduce the model ({str(exc)[:200]})") from None
-    difference = write_artifact(args.output, model, new_recipe, val.images[:64], config.parity_tolerance)
+    difference = write_artifact(args.output, model, new_recipe, val.head(64), config.parity_tolerance)
     log.info("artifact written to %s (%d factorize edits); torch/ONNX parity max |logit diff| %.2e",
              args.output, len(report.edits), difference)
 
-    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.images[:1],
+    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.head(1),
                             runs=config.latency_runs)
     log.info("ONNX Runtime (batch 1, 1 thread, interleaved): p50 %.3f ms -> %.3f ms (%.2fx faster); "
              "parameters %d -> %d (%.2fx); MACs %d -> %d (%.2fx)",

@@ -14,7 +14,7 @@ from slimline.errors import SlimlineError
 from slimline.models import build_model
 from slimline.passthrough import pass_through
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, seed_everything
+from slimline.train import accuracy, forward, seed_everything, to_tensors
 
 
 def add_arguments(parser):
@@ -38,7 +38,7 @@ def _student(args, params, teacher_recipe: Recipe, log):
     log.info("student: a fresh %s %s (distill.student_widths); the input model %s is not used",
              teacher_recipe.architecture, arguments, args.input)
     recipe = Recipe(architecture=teacher_recipe.architecture, arguments=arguments,
-                    input_shape=teacher_recipe.input_shape, history=[*teacher_recipe.history, "distill"])
+                    inputs=teacher_recipe.inputs, history=[*teacher_recipe.history, "distill"])
     return student, recipe
 
 
@@ -55,9 +55,10 @@ def main(args, params, log):
     splits = {name: load_split(args.data / f"{name}.npz", num_classes) for name in ("train", "val", "test")}
     teacher, teacher_recipe = load_model(args.teacher)
     student, recipe = _student(args, params, teacher_recipe, log)
-    example = torch.from_numpy(splits["val"].images[:2])
+    example = to_tensors(splits["val"].head(2))
     with torch.no_grad():
-        teacher_shape, student_shape = tuple(teacher(example).shape), tuple(student.eval()(example).shape)
+        teacher_shape = tuple(forward(teacher, example).shape)
+        student_shape = tuple(forward(student.eval(), example).shape)
     if teacher_shape != student_shape:
         raise SlimlineError(f"{args.input}: student outputs {student_shape[1:]} logits per image, "
                             f"teacher {args.teacher} outputs {teacher_shape[1:]}; they must match")
@@ -91,7 +92,7 @@ def main(args, params, log):
                         "kd_gain_val_points": round(result.gain_val_points, 2),
                         "kd_gain_test_points": round(result.gain_test_points, 2)})
 
-    difference = write_artifact(args.output, result.distilled, recipe, splits["val"].images[:64],
+    difference = write_artifact(args.output, result.distilled, recipe, splits["val"].head(64),
                                 config.parity_tolerance)
     log.info("distilled artifact written to %s; torch/ONNX parity: max |logit diff| = %.2e",
              args.output, difference)

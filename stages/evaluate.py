@@ -11,8 +11,8 @@ from slimline.data import SPLITS, load_split
 from slimline.errors import SlimlineError
 from slimline.gate import check_budgets
 from slimline.lineage import flatten, lineage
-from slimline.measure import (count_macs, count_parameters, file_size, load_onnx, onnx_predict,
-                              time_interleaved)
+from slimline.measure import (check_feeds, count_macs, count_parameters, file_size, load_onnx,
+                              onnx_predict, time_interleaved)
 from slimline.report import confusion_plot, markdown_report, triangle_plot
 from slimline.runtime import make_session
 from slimline.stage import run_stage, write_metrics
@@ -61,15 +61,17 @@ def main(args, params, log):
         recipes[name] = read_recipe(folder)
         graphs[name] = load_onnx(folder / ONNX)  # a clear line for a non-ONNX file or no outputs
         sessions[name] = make_session(folder / ONNX, threads=settings.threads)
-        logits[name] = onnx_predict(sessions[name], test.images)
+        check_feeds(sessions[name], test.inputs, str(folder / ONNX))
+        logits[name] = onnx_predict(sessions[name], test.inputs)
         log.info("%-10s %s, made by %s: test top-1 %.2f%%", name, folder,
                  " -> ".join(recipes[name].history), 100 * (logits[name].argmax(1) == test.labels).mean())
 
     log.info("timing batch 1: %d runs per model in %d interleaved rounds, %d thread(s)",
              settings.latency_runs, settings.rounds, settings.threads)
-    latency = time_interleaved(sessions, test.images[:1], runs=settings.latency_runs,
+    latency = time_interleaved(sessions, test.head(1), runs=settings.latency_runs,
                                warmup=settings.warmup_runs, rounds=settings.rounds)
-    batch = test.images[:settings.throughput_batch]
+    batch_size = min(len(test), settings.throughput_batch)
+    batch = test.head(batch_size)
     throughput_timing = time_interleaved(sessions, batch, runs=settings.throughput_runs, warmup=2,
                                          rounds=min(settings.rounds, settings.throughput_runs))
 
@@ -93,7 +95,7 @@ def main(args, params, log):
             "latency_p95_ms": latency[name].percentile(95),
             "latency_p99_ms": latency[name].percentile(99), "speedup": spread.median,
             "speedup_low": spread.low, "speedup_high": spread.high, "spread": spread,
-            "throughput": len(batch) / (throughput_timing[name].percentile(50) / 1e3),
+            "throughput": batch_size / (throughput_timing[name].percentile(50) / 1e3),
             "agreement": float((predictions == logits[reference].argmax(1)).mean()),
             "mean_kl": mean_kl(logits[reference], logits[name]),
         })

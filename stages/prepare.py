@@ -1,17 +1,19 @@
-"""prepare: data splits, the trained teacher artifact and its ONNX export (parity-checked)."""
+"""prepare: data splits, the teacher artifact and its ONNX export (parity-checked).
+
+Data come from params `data.source` (slimline/sources.py); the teacher from `model.source`
+(slimline/teacher.py): a builtin or factory torch model, trained here unless `model.weights`
+are given, or an ONNX file exported elsewhere, which is only checked and measured.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
-
-from slimline.artifact import Recipe, write_artifact
 from slimline.atomic import atomic_dir
-from slimline.data import check_split, load_mnist, save_split, split_dataset
-from slimline.models import build_model
+from slimline.data import check_split, save_split, split_dataset
+from slimline.errors import SlimlineError
+from slimline.sources import load_dataset
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, fit, seed_everything
 
 
 def add_arguments(parser):
@@ -20,45 +22,110 @@ def add_arguments(parser):
     parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
 
 
+def torch_teacher(args, params, splits, log) -> dict:
+    import torch
+
+    from slimline.artifact import Recipe, input_specs, write_artifact
+    from slimline.models import build_model
+    from slimline.teacher import architecture_and_arguments, check_outputs, load_weights
+    from slimline.train import accuracy, fit, forward, to_tensors
+
+    config = params.model
+    architecture, arguments = architecture_and_arguments(config, splits["val"].inputs)
+    teacher = build_model(architecture, **arguments)
+    with torch.no_grad():
+        logits = forward(teacher.eval(), to_tensors(splits["val"].head(2)))
+    check_outputs(tuple(logits.shape), config.num_classes, f"model {architecture}")
+    parameters = sum(p.numel() for p in teacher.parameters())
+    log.info("teacher: %s %s, %d parameters", architecture, arguments, parameters)
+    started = time.perf_counter()
+    if config.weights is not None:
+        weights = args.params.parent / config.weights
+        load_weights(teacher, weights)
+        log.info("teacher weights loaded from %s (model.weights): not trained here", weights)
+    else:
+        fit(teacher, splits["train"], params.prepare.train, seed=params.seed, description="teacher",
+            log=log.info)
+    train_seconds = time.perf_counter() - started
+    val_top1, test_top1 = accuracy(teacher, splits["val"]), accuracy(teacher, splits["test"])
+    log.info("teacher ready in %.0f s: val top-1 %.2f%%, test top-1 %.2f%%",
+             train_seconds, 100 * val_top1, 100 * test_top1)
+
+    recipe = Recipe(architecture=architecture, arguments=arguments,
+                    inputs=input_specs(splits["val"].inputs), history=["prepare"])
+    difference = write_artifact(args.teacher, teacher, recipe, splits["val"].head(64),
+                                params.prepare.parity_tolerance)
+    log.info("teacher artifact written to %s; torch/ONNX parity: max |logit diff| = %.2e (tolerance %g)",
+             args.teacher, difference, params.prepare.parity_tolerance)
+    return {"teacher_val_top1": val_top1, "teacher_test_top1": test_top1,
+            "teacher_parameters": parameters, "train_seconds": round(train_seconds, 1),
+            "onnx_parity_max_abs_diff": difference}
+
+
+def onnx_teacher(args, params, splits, graph_path: Path, graph_inputs, log) -> dict:
+    from slimline.artifact import Recipe, write_onnx_artifact
+    from slimline.measure import count_parameters, load_onnx, onnx_accuracy
+    from slimline.runtime import make_session
+    from slimline.teacher import ONNX_ARCHITECTURE, check_outputs, onnx_input_specs
+
+    session = make_session(graph_path)
+    logits = session.run(None, splits["val"].head(2))[0]
+    check_outputs(logits.shape, params.model.num_classes, f"model.onnx = {graph_path}")
+    val_top1, test_top1 = onnx_accuracy(session, splits["val"]), onnx_accuracy(session, splits["test"])
+    parameters = count_parameters(load_onnx(graph_path))
+    log.info("teacher: the ONNX file %s (model.onnx), %d parameters, inputs %s: val top-1 %.2f%%, "
+             "test top-1 %.2f%%; only quantize and evaluate act on it (prune, decompose and distill "
+             "need a torch model and pass it through)", graph_path, parameters,
+             dict(graph_inputs), 100 * val_top1, 100 * test_top1)
+    recipe = Recipe(architecture=ONNX_ARCHITECTURE, arguments={"file": graph_path.name},
+                    inputs=onnx_input_specs(graph_inputs, splits["val"].inputs), history=["prepare"])
+    write_onnx_artifact(args.teacher, graph_path, recipe)
+    return {"teacher_val_top1": val_top1, "teacher_test_top1": test_top1,
+            "teacher_parameters": parameters, "train_seconds": 0.0}
+
+
 def main(args, params, log):
+    import numpy as np
+
+    from slimline.train import seed_everything
+
     seed_everything(params.seed)
-    images, labels = load_mnist()
-    splits = split_dataset(images, labels, val_size=params.data.val_size,
+    dataset = load_dataset(params.data, args.params.parent)
+    num_classes = params.model.num_classes
+    if dataset.classes is not None and len(dataset.classes) != num_classes:
+        raise SlimlineError(f"{args.params}: model.num_classes = {num_classes} but the data has "
+                            f"{len(dataset.classes)} classes ({', '.join(dataset.classes[:12])})")
+    graph_path = graph_inputs = None
+    if params.model.source == "onnx":
+        from slimline.measure import load_onnx
+        from slimline.teacher import match_onnx_inputs, onnx_graph_inputs
+
+        graph_path = args.params.parent / params.model.onnx
+        if not graph_path.is_file():
+            raise SlimlineError(f"model.onnx = {graph_path}: file not found")
+        graph_inputs = onnx_graph_inputs(load_onnx(graph_path))
+        dataset.inputs = match_onnx_inputs(graph_inputs, dataset.inputs, f"model.onnx = {graph_path}")
+    log.info("data: %s, %d examples, inputs %s, %d classes%s", params.data.source, len(dataset.labels),
+             {name: f"{array.dtype}{list(array.shape[1:])}" for name, array in dataset.inputs.items()},
+             len(np.unique(dataset.labels)),
+             f" ({', '.join(dataset.classes[:12])})" if dataset.classes else "")
+    splits = split_dataset(dataset.inputs, dataset.labels, val_size=params.data.val_size,
                            test_size=params.data.test_size,
                            calibration_size=params.data.calibration_size, seed=params.seed)
     for name, split in splits.items():
-        check_split(split, name, params.model.num_classes)
-        log.info("split %-11s %5d images", name, len(split))
+        check_split(split, name, num_classes)
+        log.info("split %-11s %5d examples", name, len(split))
     with atomic_dir(args.data) as tmp:
         for name, split in splits.items():
             save_split(split, tmp / f"{name}.npz")
 
-    arguments = {"in_channels": images.shape[1], "num_classes": params.model.num_classes,
-                 "widths": list(params.model.widths),
-                 "blocks_per_stage": params.model.blocks_per_stage}
-    teacher = build_model(params.model.architecture, **arguments)
-    parameters = sum(p.numel() for p in teacher.parameters())
-    log.info("teacher: %s %s, %d parameters", params.model.architecture, arguments, parameters)
-    started = time.perf_counter()
-    fit(teacher, splits["train"], params.prepare.train, seed=params.seed, description="teacher",
-        log=log.info)
-    train_seconds = time.perf_counter() - started
-    val_top1, test_top1 = accuracy(teacher, splits["val"]), accuracy(teacher, splits["test"])
-    log.info("teacher trained in %.0f s: val top-1 %.2f%%, test top-1 %.2f%%",
-             train_seconds, 100 * val_top1, 100 * test_top1)
-
-    recipe = Recipe(architecture=params.model.architecture, arguments=arguments,
-                    input_shape=[1, *images.shape[1:]], history=["prepare"])
-    difference = write_artifact(args.teacher, teacher, recipe, splits["val"].images[:64],
-                                params.prepare.parity_tolerance)
-    log.info("teacher artifact written to %s; torch/ONNX parity: max |logit diff| = %.2e (tolerance %g)",
-             args.teacher, difference, params.prepare.parity_tolerance)
+    if graph_path is not None:
+        metrics = onnx_teacher(args, params, splits, graph_path, graph_inputs, log)
+    else:
+        metrics = torch_teacher(args, params, splits, log)
     write_metrics(args.metrics, {
-        "teacher_val_top1": val_top1, "teacher_test_top1": test_top1,
-        "teacher_parameters": parameters, "train_seconds": round(train_seconds, 1),
-        "onnx_parity_max_abs_diff": difference, "train_images": len(splits["train"]),
-        "val_images": len(splits["val"]), "test_images": len(splits["test"]),
-        "calibration_images": len(splits["calibration"]),
+        **metrics, "train_images": len(splits["train"]), "val_images": len(splits["val"]),
+        "test_images": len(splits["test"]), "calibration_images": len(splits["calibration"]),
     })
 
 

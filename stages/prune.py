@@ -20,7 +20,7 @@ from slimline.prune import check_layer_names, prune_structured, prune_unstructur
 from slimline.recipe import resize_edits
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, seed_everything
+from slimline.train import accuracy, seed_everything, to_tensors
 
 
 def add_arguments(parser):
@@ -51,7 +51,7 @@ def main(args, params, log):
     val = load_split(args.data / "val.npz", num_classes)
     check_layer_names(model, config.exclude, f"{args.params}: prune.exclude")
     reference = copy.deepcopy(model)
-    example = torch.from_numpy(val.images[:1])
+    example = to_tensors(val.head(1))
     val_before = accuracy(model, val)
     log.info("input %s: val top-1 %.2f%%; %s pruning, keep ratio %g, %s importance, %s scope, %d step(s)",
              args.input, 100 * val_before, config.method, config.keep_ratio, config.importance,
@@ -71,11 +71,11 @@ def main(args, params, log):
 
     new_recipe = recipe.derive("prune", edits=recipe.edits + resize_edits(reference, model))
     check_replay(new_recipe, model)
-    difference = write_artifact(args.output, model, new_recipe, val.images[:64], config.parity_tolerance)
+    difference = write_artifact(args.output, model, new_recipe, val.head(64), config.parity_tolerance)
     log.info("artifact written to %s (%d resize edits); torch/ONNX parity max |logit diff| %.2e",
              args.output, len(new_recipe.edits) - len(recipe.edits), difference)
 
-    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.images[:1],
+    measured = compare_onnx(args.input / ONNX, args.output / ONNX, val.head(1),
                             runs=config.latency_runs)
     log.info("ONNX Runtime (batch 1, 1 thread, interleaved): p50 %.3f ms -> %.3f ms (%.2fx faster); "
              "parameters %d -> %d (%.2fx); MACs %d -> %d (%.2fx)",

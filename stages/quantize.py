@@ -12,7 +12,7 @@ import onnx
 from slimline.artifact import ONNX, load_model, read_recipe, write_onnx_artifact
 from slimline.data import load_split
 from slimline.errors import SlimlineError
-from slimline.measure import file_size, load_onnx, onnx_predict, time_interleaved
+from slimline.measure import check_feeds, file_size, load_onnx, onnx_predict, time_interleaved
 from slimline.passthrough import pass_through
 from slimline.quantize import PRECISION, VNNI_FLAGS, choose_int8_target, cpu_int8_features, quantize_model
 from slimline.runtime import make_session
@@ -30,10 +30,9 @@ def _fp32_graph(args, params, calibration, target, log) -> onnx.ModelProto:
     config = params.quantize
     if config.scheme != "qat":
         return load_onnx(args.input / ONNX)
-    import torch
-
     from slimline.onnx_export import export_onnx
     from slimline.qat import quantization_aware_training
+    from slimline.train import to_tensors
 
     model, recipe = load_model(args.input)
     train = load_split(args.data / "train.npz", params.model.num_classes)
@@ -41,8 +40,8 @@ def _fp32_graph(args, params, calibration, target, log) -> onnx.ModelProto:
                                         log=log.info)
     with tempfile.TemporaryDirectory(prefix="slimline-qat-") as tmp:
         path = Path(tmp) / "qat.onnx"
-        export_onnx(tuned, torch.from_numpy(calibration.images[:2]), path,
-                    input_name=recipe.input_name, output_name=recipe.output_name)
+        export_onnx(tuned, to_tensors(calibration.head(2)), path, axes=recipe.axes,
+                    output_name=recipe.output_name)
         return onnx.load(str(path))
 
 
@@ -75,6 +74,7 @@ def main(args, params, log):
     calibration = load_split(args.data / "calibration.npz", num_classes)
     val = load_split(args.data / "val.npz", num_classes)
     test = load_split(args.data / "test.npz", num_classes)
+    check_feeds(make_session(fp32_path), calibration.inputs, str(fp32_path))
 
     features = cpu_int8_features()
     target = choose_int8_target(config, features)
@@ -97,13 +97,13 @@ def main(args, params, log):
         int8_path = Path(tmp) / "model.onnx"
         onnx.save(quantized, str(int8_path))
         sessions = {"fp32": make_session(fp32_path), "int8": make_session(int8_path)}
-        logits = {name: {split: onnx_predict(session, data.images) for split, data in
+        logits = {name: {split: onnx_predict(session, data.inputs) for split, data in
                          (("val", val), ("test", test))} for name, session in sessions.items()}
         top1 = {name: {split: float((values.argmax(1) == data.labels).mean()) for split, values, data in
                        ((s, logits[name][s], d) for s, d in (("val", val), ("test", test)))}
                 for name in sessions}
         agreement = float((logits["fp32"]["test"].argmax(1) == logits["int8"]["test"].argmax(1)).mean())
-        timings = time_interleaved(sessions, val.images[:1], runs=config.latency_runs,
+        timings = time_interleaved(sessions, val.head(1), runs=config.latency_runs,
                                    warmup=max(10, config.latency_runs // 10), rounds=config.latency_rounds)
         sizes = {"fp32": file_size(fp32_path), "int8": file_size(int8_path)}
         write_onnx_artifact(args.output, int8_path, recipe.derive("quantize", precision=PRECISION[config.scheme]))

@@ -68,9 +68,9 @@ def test_labels_outside_class_range(tiny_teacher, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_teacher / "data", data)
     with np.load(data / "test.npz") as arrays:
-        images, labels = arrays["images"], arrays["labels"].copy()
+        images, labels = arrays["input.input"], arrays["labels"].copy()
     labels[0] = 42
-    np.savez(data / "test.npz", images=images, labels=labels)
+    np.savez(data / "test.npz", **{"input.input": images}, labels=labels)
     assert_one_line_error(evaluate(tiny_teacher, tiny_teacher / "teacher", data=data),
                           "labels must be in [0, 9]", "42")
 
@@ -82,5 +82,5 @@ def test_nan_and_empty_data(tiny_teacher, tmp_path):
             ("empty", np.zeros((0, 1, 28, 28), np.float32), np.zeros(0, np.int64), "empty")):
         data = tmp_path / name
         data.mkdir()
-        np.savez(data / "test.npz", images=images, labels=labels)
+        np.savez(data / "test.npz", **{"input.input": images}, labels=labels)
         assert_one_line_error(evaluate(tiny_teacher, tiny_teacher / "teacher", data=data), expected)

@@ -183,7 +183,8 @@ def test_empty_calibration_set_is_one_clear_line(tiny_teacher, tmp_path):
     for name in ("train", "val", "test"):
         (data / f"{name}.npz").write_bytes((tiny_teacher / "data" / f"{name}.npz").read_bytes())
     with open(data / "calibration.npz", "wb") as handle:
-        np.savez(handle, images=np.zeros((0, 1, 28, 28), np.float32), labels=np.zeros(0, np.int64))
+        np.savez(handle, **{"input.input": np.zeros((0, 1, 28, 28), np.float32)},
+                 labels=np.zeros(0, np.int64))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(reduced_params(quantize={"enabled": True})))
     result = run([sys.executable, "-m", "stages.quantize", "--params", str(params),
