@@ -55,3 +55,34 @@ def pair_correct(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
 def cosine_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine(student, teacher): the student's embeddings point where the teacher's do."""
     return 1 - F.cosine_similarity(student, teacher, dim=1).mean()
+
+
+def is_embedding_model(recipe) -> bool:
+    """A transformer judged by its embeddings (no task head, no labels)."""
+    return recipe.architecture == "huggingface" and recipe.arguments.get("task") == "embedding"
+
+
+def stay_close_loss(reference):
+    """Fine-tuning loss for a compressed embedding model: 1 - cosine to the embeddings of the
+    model before compression (`reference`, frozen), since there are no labels to train on."""
+    from slimline.train import forward
+
+    reference = reference.eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+
+    def loss_fn(model, inputs, labels):
+        with torch.inference_mode():
+            target = forward(reference, inputs)
+        return cosine_distillation_loss(forward(model, inputs), target.clone())
+    return loss_fn
+
+
+def fidelity_score(reference):
+    """score(model, split): mean cosine of the model's embeddings to `reference`'s on the split
+    (what an embedding model's stages report where a classifier's report top-1)."""
+    from slimline.train import predict
+
+    def score(model, split) -> float:
+        return embedding_fidelity(predict(reference, split.inputs), predict(model, split.inputs))
+    return score

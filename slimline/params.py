@@ -98,6 +98,9 @@ class ModelParams(Section):
     # huggingface: classification (logits; *ForSequenceClassification) or embedding (mean-pooled
     # last hidden state, judged by fidelity to the teacher); auto reads config.json.
     task: Literal["auto", "classification", "embedding"] = "auto"
+    # huggingface: fine-tune the model on the training split with prepare.train before compressing
+    # (false: your weights as they are; a classifier head that was never trained needs true).
+    finetune: bool = False
 
     @model_validator(mode="after")
     def _source_needs(self):

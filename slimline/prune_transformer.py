@@ -19,7 +19,7 @@ from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, attention_layers
 from slimline.params import PruneParams
 from slimline.prune import PruneReport, make_importance, output_channels
-from slimline.train import accuracy, fit
+from slimline.train import accuracy, cross_entropy, fit
 
 
 def head_counts(model: nn.Module) -> dict[str, int]:
@@ -40,9 +40,11 @@ def _embedding_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def prune_transformer(model: TextModel, config: PruneParams, example: dict[str, torch.Tensor],
-                      train: Split, val: Split | None, *, seed: int, log=print) -> PruneReport:
+                      train: Split, val: Split | None, *, seed: int, log=print,
+                      loss_fn=cross_entropy, score=accuracy) -> PruneReport:
     """Keep `head_keep_ratio` of each layer's heads and `keep_ratio` of its FFN neurons (in
-    `steps` steps, fine-tuning between them and after the last)."""
+    `steps` steps, fine-tuning with `loss_fn` between them and after the last). `score(model,
+    split)` is what the log reports: top-1, or an embedding model's fidelity."""
     if config.method != "structured":
         raise SlimlineError("prune.method = unstructured is for Conv/Linear models; a transformer "
                             "is pruned by heads and FFN neurons (method: structured)")
@@ -77,16 +79,17 @@ def prune_transformer(model: TextModel, config: PruneParams, example: dict[str, 
             f"{list(heads_before.values())} -> {list(heads.values())}")
         if step < config.steps:
             if val is not None:
-                log(f"prune step {step}/{config.steps}: val top-1 {100 * accuracy(model, val):.2f}% "
+                log(f"prune step {step}/{config.steps}: val score {score(model, val):.4f} "
                     "before fine-tuning")
-            fit(model, train, config.step_finetune, seed=seed + step,
+            fit(model, train, config.step_finetune, seed=seed + step, loss_fn=loss_fn,
                 description=f"prune step {step} fine-tune", log=log)
     report.channels_after = output_channels(model)
     for name, before in heads_before.items():
         log(f"prune: {name}: {before} -> {head_counts(model)[name]} heads")
     if val is not None:
-        report.val_top1_pruned = accuracy(model, val)
-    fit(model, train, config.finetune, seed=seed, description="prune fine-tune", log=log)
+        report.val_top1_pruned = score(model, val)
+    fit(model, train, config.finetune, seed=seed, loss_fn=loss_fn, description="prune fine-tune",
+        log=log)
     return report
 
 

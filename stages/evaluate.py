@@ -91,7 +91,7 @@ def main(args, params, log):
             "diff_low": paired.low, "diff_high": paired.high, "gained": paired.gained,
             "lost": paired.lost, "p_value": paired.p_value, "paired": paired,
             "size_mb": file_size(models[name] / ONNX) / 1e6, "parameters": count_parameters(graphs[name]),
-            "macs": count_macs(graphs[name]), "latency_p50_ms": latency[name].percentile(50),
+            "macs": count_macs(graphs[name], test.head(1)), "latency_p50_ms": latency[name].percentile(50),
             "latency_p95_ms": latency[name].percentile(95),
             "latency_p99_ms": latency[name].percentile(99), "speedup": spread.median,
             "speedup_low": spread.low, "speedup_high": spread.high, "spread": spread,

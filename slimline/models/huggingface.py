@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 TASKS = ("classification", "embedding")
-INPUT_NAMES = ("input_ids", "attention_mask")
+# The graph's named inputs and their dynamic axes (both share one batch and one sequence length).
+TEXT_AXES = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
@@ -143,6 +144,15 @@ def load_pretrained(path: str | Path, task: str | None = None) -> tuple[TextMode
         raise SlimlineError(f"{path}: cannot load the Hugging Face model "
                             f"({str(exc).strip().splitlines()[0][:200]})") from None
     return TextModel(transformer, task).eval(), config_to_dict(transformer.config), task
+
+
+def label2id(path: str | Path) -> dict[str, int] | None:
+    """The class names of a saved classifier (config.json), or None."""
+    try:
+        mapping = json.loads((Path(path) / "config.json").read_text()).get("label2id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return {str(name): int(index) for name, index in mapping.items()} if mapping else None
 
 
 def load_tokenizer(path: str | Path):
