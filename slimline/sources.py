@@ -162,13 +162,13 @@ def factory(config: DataParams) -> Dataset:
 
 def text_file(path: Path, config: DataParams, model_dir: Path | None) -> Dataset:
     """A JSONL / CSV file of texts, tokenized with the tokenizer saved in the model's folder."""
-    from slimline.models.huggingface import check_model_directory, label2id, load_tokenizer
+    from slimline.models.huggingface import check_model_directory
     from slimline.text_data import load_text_dataset
 
     if model_dir is None:
         raise SlimlineError("data.source text needs model.source huggingface with model.path")
     check_model_directory(model_dir)
-    text = load_text_dataset(path, config.text, load_tokenizer(model_dir), label2id(model_dir))
+    text = load_text_dataset(path, config.text, model_dir)
     note = (f"{text.truncated} of {len(text.labels)} texts are longer than data.text.max_length = "
             f"{config.text.max_length} tokens and were truncated")
     return Dataset(text.inputs, text.labels, text.classes, [note])

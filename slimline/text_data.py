@@ -136,14 +136,18 @@ class TextDataset:
     truncated: int                    # texts longer than max_length (cut)
 
 
-def load_text_dataset(path: str | Path, config, tokenizer, label2id: dict | None) -> TextDataset:
-    """The user's text file as tokenized model inputs (config: params data.text)."""
+def load_text_dataset(path: str | Path, config, model_dir: Path) -> TextDataset:
+    """The user's text file as model inputs (config: params data.text), tokenized with the
+    tokenizer saved in `model_dir`; the file is checked first (it is cheaper than the tokenizer)."""
+    from slimline.models.huggingface import label2id, load_tokenizer
+
     table = read_text_table(path, config.text_column, config.label_column)
+    tokenizer = load_tokenizer(model_dir)
     inputs = tokenize(tokenizer, table.texts, config.max_length)
     truncated = truncated_count(tokenizer, table.texts, config.max_length)
     if table.labels is None:
         return TextDataset(inputs, np.zeros(len(table.texts), np.int64), None, truncated)
-    labels, classes = encode_labels(table.labels, label2id, path)
+    labels, classes = encode_labels(table.labels, label2id(model_dir), path)
     return TextDataset(inputs, labels, classes, truncated)
 
 
