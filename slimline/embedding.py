@@ -5,12 +5,12 @@ compressed model places each text where the teacher did (mean cosine similarity 
 embeddings of the same text) and, when they provide labelled pairs, that similar pairs still
 score above dissimilar ones (pair accuracy at the best cosine threshold, per model, as
 sentence-embedding benchmarks report it).
+
+numpy only at import: evaluate and quantize use this module without the training stack.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -52,8 +52,11 @@ def pair_correct(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
     return (similarities >= threshold) == (labels == 1), threshold
 
 
-def cosine_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """1 - mean cosine(student, teacher): the student's embeddings point where the teacher's do."""
+def cosine_distillation_loss(student, teacher):
+    """1 - mean cosine(student, teacher) (torch tensors): the student's embeddings point where
+    the teacher's do."""
+    import torch.nn.functional as F
+
     return 1 - F.cosine_similarity(student, teacher, dim=1).mean()
 
 
@@ -65,6 +68,8 @@ def is_embedding_model(recipe) -> bool:
 def stay_close_loss(reference):
     """Fine-tuning loss for a compressed embedding model: 1 - cosine to the embeddings of the
     model before compression (`reference`, frozen), since there are no labels to train on."""
+    import torch
+
     from slimline.train import forward
 
     reference = reference.eval()
@@ -86,3 +91,24 @@ def fidelity_score(reference):
     def score(model, split) -> float:
         return embedding_fidelity(predict(reference, split.inputs), predict(model, split.inputs))
     return score
+
+
+def retrieval_hits(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per text, whether the candidate's embedding is closest (cosine) to the reference's
+    embedding of the same text among the reference's embeddings of all texts (ties count)."""
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    similarities = unit(candidate) @ unit(reference).T
+    return np.diagonal(similarities) >= similarities.max(axis=1) - 1e-6
+
+
+def embedding_outcomes(reference: np.ndarray, candidate: np.ndarray, pairs=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predictions) of an embedding model's judged task, so it can be compared with the
+    teacher item by item like a classifier: with labelled pairs `(embeddings a, embeddings b,
+    labels)`, similar (1) / dissimilar (0) at its best threshold; without, whether each test text
+    retrieves its own teacher embedding (1) or not (0)."""
+    if pairs is not None:
+        first, second, labels = pairs
+        correct, _ = pair_correct(first, second, labels)
+        return labels, np.where(correct, labels, 1 - labels)
+    hits = retrieval_hits(reference, candidate).astype(np.int64)
+    return np.ones_like(hits), hits

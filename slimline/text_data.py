@@ -151,8 +151,25 @@ def load_text_dataset(path: str | Path, config, model_dir: Path) -> TextDataset:
     return TextDataset(inputs, labels, classes, truncated)
 
 
-def load_pairs(path: str | Path, config, tokenizer) -> tuple[dict, dict, np.ndarray]:
-    """Tokenized sides a and b of the labelled pairs file, and the 0/1 labels."""
+PAIR_FILES = ("pairs_a.npz", "pairs_b.npz")  # in the data folder, next to the splits
+
+
+def save_pairs(path: str | Path, config, model_dir: Path, folder: Path) -> int:
+    """Tokenize the labelled pairs file into two splits (sides a and b, labels 1/0); the count."""
+    from slimline.data import Split, save_split
+    from slimline.models.huggingface import load_tokenizer
+
     first, second, labels = read_pairs(path, tuple(config.pairs_columns))
-    return (tokenize(tokenizer, first, config.max_length), tokenize(tokenizer, second, config.max_length),
-            labels)
+    tokenizer = load_tokenizer(model_dir)
+    for texts, name in ((first, PAIR_FILES[0]), (second, PAIR_FILES[1])):
+        save_split(Split(tokenize(tokenizer, texts, config.max_length), labels), folder / name)
+    return len(labels)
+
+
+def load_pair_splits(folder: Path):
+    """(side a, side b) of the labelled pairs prepare stored, or None without pairs."""
+    from slimline.data import load_split
+
+    if not (folder / PAIR_FILES[0]).is_file():
+        return None
+    return load_split(folder / PAIR_FILES[0]), load_split(folder / PAIR_FILES[1])

@@ -102,7 +102,7 @@ def huggingface_teacher(args, params, splits, log) -> dict:
         metrics["embedding_size"] = int(outputs.shape[1])
     recipe = Recipe(architecture="huggingface", arguments={"config": transformer_config, "task": task},
                     inputs=input_specs(splits["val"].inputs, TEXT_AXES),
-                    output_name="logits" if task == "classification" else "embedding",
+                    output_name="logits" if task == "classification" else "sentence_embedding",
                     history=["prepare"])
     metrics["onnx_parity_max_abs_diff"] = write_artifact(
         args.teacher, teacher, recipe, splits["val"].head(64), params.prepare.parity_tolerance)
@@ -171,6 +171,12 @@ def main(args, params, log):
     with atomic_dir(args.data) as tmp:
         for name, split in splits.items():
             save_split(split, tmp / f"{name}.npz")
+        if params.data.source == "text" and params.data.text.pairs:
+            from slimline.text_data import save_pairs
+
+            count = save_pairs(args.params.parent / params.data.text.pairs, params.data.text, model_dir, tmp)
+            log.info("data: %d labelled pairs from %s (data.text.pairs) for the embedding evaluation",
+                     count, params.data.text.pairs)
 
     if graph_path is not None:
         metrics = onnx_teacher(args, params, splits, graph_path, graph_inputs, log)
