@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from slimline.embedding import best_threshold_accuracy, cosine_rows, embedding_fidelity, pair_correct
+from slimline.embedding import (best_threshold_accuracy, cosine_rows, embedding_fidelity,
+                                embedding_outcomes, pair_correct)
 from slimline.errors import SlimlineError
 from slimline.lowrank import factorize
 from slimline.models.huggingface import (build_text_model, keep_encoder_layers, load_pretrained,
@@ -158,3 +159,17 @@ def test_model_folder_without_a_tokenizer(tmp_path, classifier_dir):
     load_pretrained(tmp_path)  # the model alone loads
     with pytest.raises(SlimlineError, match="no tokenizer in the model directory"):
         load_tokenizer(tmp_path)
+
+
+def test_embedding_outcomes_pair_or_retrieve_item_by_item():
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(20, 8))
+    labels, hits = embedding_outcomes(teacher, teacher + 0.01 * rng.normal(size=(20, 8)))
+    assert labels.tolist() == [1] * 20 and hits.tolist() == [1] * 20
+    _, shuffled = embedding_outcomes(teacher, teacher[::-1])
+    assert shuffled.sum() == 0  # every text retrieves another text's teacher embedding
+    first, second = teacher[:6], teacher[:6] * 2
+    second[3:] = -second[3:]
+    pair_labels = np.array([1, 1, 1, 0, 0, 0])
+    truth, predicted = embedding_outcomes(teacher, teacher, (first, second, pair_labels))
+    assert truth.tolist() == pair_labels.tolist() and predicted.tolist() == pair_labels.tolist()
