@@ -167,14 +167,15 @@ def write_onnx_artifact(target: str | Path, onnx_file: Path, recipe: Recipe) -> 
         shutil.copyfile(onnx_file, tmp / ONNX)
 
 
-def copy_artifact(source: str | Path, target: str | Path, stage: str) -> Recipe:
-    """Pass-through for a switched-off stage: the same model, its history noting the stage."""
+def copy_artifact(source: str | Path, target: str | Path, stage: str, note: str = "disabled") -> Recipe:
+    """Pass-through for a stage that did not act: the same model, its history noting the stage
+    and why ("disabled", or "skipped: reason")."""
     import shutil
 
     from slimline.atomic import atomic_dir
 
     source = Path(source)
-    recipe = read_recipe(source).derive(f"{stage} (disabled)")
+    recipe = read_recipe(source).derive(f"{stage} ({note})")
     with atomic_dir(Path(target)) as tmp:
         for name in (WEIGHTS, ONNX):
             if (source / name).is_file():

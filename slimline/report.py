@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 
 def triangle_plot(rows: list[dict], path: Path) -> None:
     """Accuracy vs latency and accuracy vs size: the size / speed / accuracy triangle."""
-    # A switched-off stage's pass-through copy would sit exactly on its input's point.
-    rows = [row for row in rows if not row["status"].endswith("(disabled)")]
+    # A switched-off or skipped stage's pass-through copy would sit exactly on its input's point.
+    # Their status is "<stage> (disabled)" or "<stage> (skipped: why)".
+    rows = [row for row in rows if not row["status"].endswith(")")]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, key, label in ((axes[0], "latency_p50_ms", "batch-1 latency p50 (ms, ONNX Runtime)"),
                              (axes[1], "size_mb", "ONNX file size (MB)")):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.data import DEFAULT_INPUT, Inputs
+from slimline.data import Inputs
 from slimline.errors import SlimlineError
 from slimline.params import ModelParams
 
@@ -23,11 +23,11 @@ def architecture_and_arguments(config: ModelParams, inputs: Inputs) -> tuple[str
     """What the recipe records: a builtin name + its arguments, or the factory path + its args."""
     if config.source == "factory":
         return config.factory, dict(config.factory_args)
-    images = inputs.get(DEFAULT_INPUT)
-    if len(inputs) != 1 or images is None or images.ndim != 4:
-        shapes = {name: list(array.shape[1:]) for name, array in inputs.items()}
-        raise SlimlineError(f"model.architecture = {config.architecture} takes one image input "
-                            f"'{DEFAULT_INPUT}' of shape (C, H, W); the data gives {shapes}")
+    images = next(iter(inputs.values()))
+    if len(inputs) != 1 or images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+        shapes = {name: f"{array.dtype}{list(array.shape[1:])}" for name, array in inputs.items()}
+        raise SlimlineError(f"model.architecture = {config.architecture} takes one float image input "
+                            f"of shape (C, H, W); the data gives {shapes}")
     return config.architecture, {"in_channels": int(images.shape[1]),
                                  "num_classes": config.num_classes, "widths": list(config.widths),
                                  "blocks_per_stage": config.blocks_per_stage}
@@ -99,10 +99,10 @@ def onnx_graph_inputs(model) -> dict[str, list]:
 
 
 def match_onnx_inputs(graph_inputs: dict[str, list], inputs: Inputs, where: str) -> Inputs:
-    """The data's inputs under the graph's names (one unnamed image input takes the graph's
-    name); shapes checked against every fixed axis; the batch axis must be dynamic."""
-    if len(graph_inputs) == 1 and list(inputs) == [DEFAULT_INPUT]:
-        inputs = {next(iter(graph_inputs)): inputs[DEFAULT_INPUT]}
+    """The data's inputs under the graph's names (a single input takes the graph's single
+    input's name); shapes checked against every fixed axis; the batch axis must be dynamic."""
+    if len(graph_inputs) == 1 and len(inputs) == 1:
+        inputs = {next(iter(graph_inputs)): next(iter(inputs.values()))}
     if sorted(graph_inputs) != sorted(inputs):
         raise SlimlineError(f"{where}: the graph takes inputs {list(graph_inputs)}, the data provides "
                             f"{list(inputs)}; they must have the same names")

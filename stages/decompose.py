@@ -16,7 +16,7 @@ from slimline.data import load_split
 from slimline.decompose import check_config, decompose_model
 from slimline.errors import SlimlineError
 from slimline.embedding import fidelity_score, is_embedding_model, stay_close_loss
-from slimline.passthrough import pass_through
+from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
 from slimline.train import accuracy, cross_entropy, seed_everything
@@ -36,6 +36,8 @@ def main(args, params, log):
     config = params.decompose
     if not config.enabled:
         pass_through("decompose", args, log)
+        return
+    if skipped_onnx_only("decompose", args, log):
         return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)

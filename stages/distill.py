@@ -14,7 +14,7 @@ from slimline.embedding import fidelity_score, is_embedding_model
 from slimline.errors import SlimlineError
 from slimline.models import build_model
 from slimline.models.huggingface import encoder_layers, keep_encoder_layers
-from slimline.passthrough import pass_through
+from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.stage import run_stage, write_metrics
 from slimline.train import accuracy, forward, seed_everything, to_tensors
 
@@ -65,6 +65,8 @@ def main(args, params, log):
     config = params.distill
     if not config.enabled:
         pass_through("distill", args, log)
+        return
+    if skipped_onnx_only("distill", args, log):
         return
     num_classes = params.model.num_classes
     splits = {name: load_split(args.data / f"{name}.npz", num_classes) for name in ("train", "val", "test")}

@@ -16,7 +16,7 @@ import torch
 from slimline.artifact import ONNX, build_from_recipe, load_model, write_artifact
 from slimline.data import load_split
 from slimline.errors import SlimlineError
-from slimline.passthrough import pass_through
+from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.prune import check_layer_names, prune_structured, prune_unstructured, weight_sparsity
 from slimline.recipe import resize_edits
 from slimline.prune_transformer import head_counts, prune_transformer
@@ -46,6 +46,8 @@ def main(args, params, log):
     config = params.prune
     if not config.enabled:
         pass_through("prune", args, log)
+        return
+    if skipped_onnx_only("prune", args, log):
         return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)

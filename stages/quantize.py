@@ -18,6 +18,7 @@ from slimline.passthrough import pass_through
 from slimline.quantize import PRECISION, VNNI_FLAGS, choose_int8_target, cpu_int8_features, quantize_model
 from slimline.runtime import make_session
 from slimline.stage import run_stage, write_metrics
+from slimline.teacher import ONNX_ARCHITECTURE
 
 
 def add_arguments(parser):
@@ -71,6 +72,9 @@ def main(args, params, log):
     if recipe.precision != "fp32":
         raise SlimlineError(f"{args.input}: model is already quantized ({recipe.precision}); "
                             f"quantize needs an fp32 model")
+    if config.scheme == "qat" and recipe.architecture == ONNX_ARCHITECTURE:
+        raise SlimlineError(f"{args.params}: quantize.scheme = qat needs a torch model to fine-tune; "
+                            f"{args.input} is ONNX-only (model.source onnx): use static or dynamic")
     fp32_path = args.input / ONNX
     calibration = load_split(args.data / "calibration.npz", num_classes)
     val = load_split(args.data / "val.npz", num_classes)
