@@ -91,7 +91,8 @@ def main(args, params, log):
 
     started = time.perf_counter()
     fp32 = _fp32_graph(args, params, calibration, target, log)
-    quantized, report = quantize_model(fp32, calibration, config, target)
+    quantized, report = quantize_model(fp32, calibration, config, target,
+                                       transformer=recipe.architecture == "huggingface")
     seconds = time.perf_counter() - started
     log.info("quantized in %.1f s (%d calibration images, %s calibration); graph ops: %s", seconds,
              len(calibration), config.calibration_method,
