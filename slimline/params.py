@@ -47,8 +47,8 @@ class PreprocessParams(Section):
     def _mean_with_std(self):
         if (self.mean is None) != (self.std is None) or (
                 self.mean is not None and len(self.mean) != len(self.std)):
-            raise ValueError("preprocess.mean and preprocess.std go together, with one value each "
-                             "per channel")
+            raise ValueError("data.preprocess.mean and data.preprocess.std go together, "
+                             "one value each (or one per channel)")
         return self
 
 
