@@ -112,7 +112,10 @@ def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     so QDQ pairs wrap the fused Conv and no fp32 BatchNormalization is left between int8 ops."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
+    # chdir: when its symbolic shape inference gives up, ORT leaves scratch files
+    # (sym_shape_infer_temp.onnx, <uuid>.data) in the working directory, i.e. the DVC workspace.
+    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort(), \
+            contextlib.chdir(tmp):
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(model, str(source))
         try:
