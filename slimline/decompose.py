@@ -26,7 +26,7 @@ from slimline.lowrank import factorizable, factorize, max_rank, method_for, weig
 from slimline.params import DecomposeParams
 from slimline.recipe import factorize_edit
 from slimline.speed import p50_latencies, speedup
-from slimline.train import TensorInputs, accuracy, fit, forward, to_tensors
+from slimline.train import TensorInputs, accuracy, cross_entropy, fit, forward, to_tensors
 
 
 @dataclass
@@ -205,8 +205,10 @@ def _decide(name: str, layer: nn.Module, inputs: torch.Tensor, config: Decompose
 
 
 def decompose_model(model: nn.Module, config: DecomposeParams, samples: Inputs, train: Split,
-                    val: Split | None, *, seed: int, log=print) -> DecomposeReport:
-    """Factorize the layers that measure faster, check the whole model, fine-tune if changed.
+                    val: Split | None, *, seed: int, log=print, loss_fn=cross_entropy,
+                    score=accuracy) -> DecomposeReport:
+    """Factorize the layers that measure faster, check the whole model, fine-tune if changed
+    (with `loss_fn`; `score(model, split)` is the quality the report records).
 
     `samples`: named inputs whose activations measure each layer's error and latency."""
     report = DecomposeReport()
@@ -246,8 +248,9 @@ def decompose_model(model: nn.Module, config: DecomposeParams, samples: Inputs, 
         log(f"decompose: whole model p50 {report.whole_latency_ms_before:.3f} ms -> "
             f"{report.whole_latency_ms_after:.3f} ms with {len(report.kept)} layer(s) factorized")
         if val is not None:
-            report.val_top1_factorized = accuracy(model, val)
-        fit(model, train, config.finetune, seed=seed, description="decompose fine-tune", log=log)
+            report.val_top1_factorized = score(model, val)
+        fit(model, train, config.finetune, seed=seed, loss_fn=loss_fn, description="decompose fine-tune",
+            log=log)
     else:
         log("decompose: no layer measured faster factorized; the model is unchanged (no fine-tuning)")
     return report

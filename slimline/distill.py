@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimline.data import Split
+from slimline.embedding import fidelity_score, stay_close_loss
 from slimline.errors import SlimlineError
 from slimline.params import DistillParams
 from slimline.train import (TensorInputs, accuracy, cross_entropy, fit, forward, seed_everything,
@@ -93,14 +94,20 @@ class DistillResult:
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: Split, config: DistillParams, *,
-            seed: int, log=print) -> DistillResult:
-    """Train `student` (in place) against `teacher`'s soft targets; the teacher is never updated."""
+            seed: int, log=print, embedding: bool = False) -> DistillResult:
+    """Train `student` (in place) against `teacher`'s soft targets (an embedding model: against
+    its embeddings, by cosine); the teacher is never updated."""
     teacher = teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     temperature, alpha = config.temperature, config.alpha
 
-    if config.feature_weight == 0:
+    if embedding:
+        if config.feature_weight:
+            raise SlimlineError("distill.feature_weight is for convnets with residual blocks; "
+                                "set it to 0 for an embedding model")
+        loss_fn, trained = stay_close_loss(teacher), student
+    elif config.feature_weight == 0:
         def loss_fn(model, inputs, labels):
             with torch.inference_mode():
                 teacher_logits = forward(teacher, inputs)
@@ -165,10 +172,16 @@ class Comparison:
 
 
 def distill_and_compare(student: nn.Module, teacher: nn.Module, splits: dict[str, Split],
-                        config: DistillParams, *, seed: int, log=print) -> Comparison:
-    control = copy.deepcopy(student) if config.compare_without_teacher else None
-    distilled = distill(student, teacher, splits["train"], config, seed=seed, log=log).student
-    result = Comparison(distilled, accuracy(distilled, splits["val"]), accuracy(distilled, splits["test"]))
+                        config: DistillParams, *, seed: int, log=print,
+                        embedding: bool = False) -> Comparison:
+    """The distilled student's top-1 on val and test (an embedding model's: its fidelity to the
+    teacher), and, with compare_without_teacher, the same for the control run on labels alone
+    (which an embedding model, having no labels, cannot have)."""
+    control = copy.deepcopy(student) if config.compare_without_teacher and not embedding else None
+    distilled = distill(student, teacher, splits["train"], config, seed=seed, log=log,
+                        embedding=embedding).student
+    score = fidelity_score(teacher) if embedding else accuracy
+    result = Comparison(distilled, score(distilled, splits["val"]), score(distilled, splits["test"]))
     if control is not None:
         control = train_without_teacher(control, splits["train"], config, seed=seed, log=log).student
         result.control_val = accuracy(control, splits["val"])

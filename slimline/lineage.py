@@ -8,7 +8,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("slimline", "torch", "onnxruntime", "onnx", "numpy", "torch-pruning", "tensorly", "dvc")
+PACKAGES = ("slimline", "torch", "onnxruntime", "onnx", "numpy", "torch-pruning", "tensorly", "dvc",
+            "transformers", "tokenizers")
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
 
 

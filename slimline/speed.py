@@ -60,7 +60,7 @@ def compare_onnx(before: str | Path, after: str | Path, example: dict, *, runs: 
     for label, path in (("before", before), ("after", after)):
         graph = load_onnx(path)
         numbers[f"parameters_{label}"] = count_parameters(graph)
-        numbers[f"macs_{label}"] = count_macs(graph)
+        numbers[f"macs_{label}"] = count_macs(graph, example)
         numbers[f"onnx_bytes_{label}"] = file_size(path)
         numbers[f"onnx_zlib_bytes_{label}"] = compressed_size(path)
     sessions = {"before": make_session(before, threads), "after": make_session(after, threads)}

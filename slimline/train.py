@@ -63,17 +63,23 @@ def cross_entropy(model: nn.Module, inputs: TensorInputs, labels: torch.Tensor) 
     return F.cross_entropy(forward(model, inputs), labels)
 
 
+def make_optimizer(model: nn.Module, config: TrainParams) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(trainable, lr=config.learning_rate, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
 def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
         loss_fn: LossFn = cross_entropy, description: str = "train", log=print) -> list[float]:
-    """SGD + Nesterov with a one-cycle schedule; returns the mean loss of each epoch."""
+    """SGD + Nesterov (or AdamW) with a one-cycle schedule; returns the mean loss of each epoch."""
     if config.epochs == 0:
         return []
     generator = torch.Generator().manual_seed(seed)
     inputs, labels = to_tensors(data.inputs), torch.from_numpy(data.labels)
     steps_per_epoch = -(-len(labels) // config.batch_size)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                lr=config.learning_rate, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch)
     history = []

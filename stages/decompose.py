@@ -6,6 +6,7 @@ writes the artifact (ONNX + parity check) and measures it against the input side
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from slimline.artifact import ONNX, build_from_recipe, load_model, write_artifac
 from slimline.data import load_split
 from slimline.decompose import check_config, decompose_model
 from slimline.errors import SlimlineError
+from slimline.embedding import fidelity_score, is_embedding_model, stay_close_loss
 from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, seed_everything
+from slimline.train import accuracy, cross_entropy, seed_everything
 
 # Images whose activations measure each factorized layer's output error (before fine-tuning).
 ERROR_SAMPLES = 64
@@ -43,20 +45,25 @@ def main(args, params, log):
     train = load_split(args.data / "train.npz", num_classes)
     val = load_split(args.data / "val.npz", num_classes)
     check_config(model, config, str(args.params))
-    val_before = accuracy(model, val)
-    log.info("input %s: val top-1 %.2f%%; Linear: %s, Conv2d: %s, ranks by %s (energy %g, parameter "
+    # An embedding model has no labels: it is judged, and repaired, by closeness to its input.
+    embedding = is_embedding_model(recipe)
+    score, loss_fn = ((fidelity_score(copy.deepcopy(model)), stay_close_loss(copy.deepcopy(model)))
+                      if embedding else (accuracy, cross_entropy))
+    what = "embedding fidelity to the input model" if embedding else "top-1"
+    val_before = score(model, val)
+    log.info("input %s: val %s %.4f; Linear: %s, Conv2d: %s, ranks by %s (energy %g, parameter "
              "reduction %g), a layer is kept only if >= %gx faster in ONNX Runtime",
-             args.input, 100 * val_before, config.linear_method, config.conv_method, config.rank_rule,
+             args.input, what, val_before, config.linear_method, config.conv_method, config.rank_rule,
              config.energy, config.param_reduction, config.min_speedup)
 
     started = time.perf_counter()
     report = decompose_model(model, config, train.head(ERROR_SAMPLES), train, val,
-                             seed=params.seed, log=log.info)
+                             seed=params.seed, log=log.info, loss_fn=loss_fn, score=score)
     seconds = time.perf_counter() - started
-    val_after = accuracy(model, val)
+    val_after = score(model, val)
     if report.kept:
-        log.info("val top-1: %.2f%% before, %.2f%% right after factorizing, %.2f%% after fine-tuning",
-                 100 * val_before, 100 * report.val_top1_factorized, 100 * val_after)
+        log.info("val %s: %.4f before, %.4f right after factorizing, %.4f after fine-tuning",
+                 what, val_before, report.val_top1_factorized, val_after)
 
     new_recipe = recipe.derive("decompose", edits=recipe.edits + report.edits)
     try:  # the recipe must rebuild exactly these tensors, or the artifact would not reload

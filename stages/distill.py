@@ -10,8 +10,10 @@ import torch
 from slimline.artifact import Recipe, load_model, read_recipe, write_artifact
 from slimline.data import load_split
 from slimline.distill import distill_and_compare
+from slimline.embedding import fidelity_score, is_embedding_model
 from slimline.errors import SlimlineError
 from slimline.models import build_model
+from slimline.models.huggingface import encoder_layers, keep_encoder_layers
 from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.stage import run_stage, write_metrics
 from slimline.train import accuracy, forward, seed_everything, to_tensors
@@ -27,10 +29,23 @@ def add_arguments(parser):
 
 def _student(args, params, teacher_recipe: Recipe, log):
     config = params.distill
+    if teacher_recipe.architecture == "huggingface" and config.student_widths is not None:
+        raise SlimlineError(f"{args.params}: distill.student_widths is for the builtin convnets; a "
+                            "transformer's narrower student is its pruned input model, and "
+                            "distill.student_layers makes it shallower")
+    if config.student_layers is not None and teacher_recipe.architecture != "huggingface":
+        raise SlimlineError(f"{args.params}: distill.student_layers is for transformers "
+                            "(model.source huggingface)")
     if config.student_widths is None:
         student, recipe = load_model(args.input)
         log.info("student: the input model %s (%s)", args.input, " -> ".join(recipe.history))
-        return student, recipe.derive("distill")
+        if config.student_layers is None:
+            return student, recipe.derive("distill")
+        before = len(encoder_layers(student)[1])
+        edit = keep_encoder_layers(student, list(config.student_layers))
+        log.info("student: keeps layers %s of the input model's %d (distill.student_layers), "
+                 "initialised from them", edit["indices"], before)
+        return student, recipe.derive("distill", edits=recipe.edits + [edit])
     read_recipe(args.input)  # still a declared dep: fail early and clearly if it is broken
     arguments = {**teacher_recipe.arguments, "widths": list(config.student_widths)}
     seed_everything(params.seed)
@@ -65,18 +80,25 @@ def main(args, params, log):
         raise SlimlineError(f"{args.input}: student outputs {student_shape[1:]} logits per image, "
                             f"teacher {args.teacher} outputs {teacher_shape[1:]}; they must match")
 
-    teacher_val, student_before = accuracy(teacher, splits["val"]), accuracy(student, splits["val"])
-    log.info("teacher %d parameters, val top-1 %.2f%%; student %d parameters (%.2fx smaller), "
-             "val top-1 before distillation %.2f%%", _parameters(teacher), 100 * teacher_val,
-             _parameters(student), _parameters(teacher) / _parameters(student), 100 * student_before)
+    embedding = is_embedding_model(teacher_recipe)
+    # An embedding model is scored by the cosine of its embeddings to the teacher's (teacher: 1).
+    score = fidelity_score(teacher) if embedding else accuracy
+    what = "embedding fidelity" if embedding else "top-1"
+    teacher_val, student_before = score(teacher, splits["val"]), score(student, splits["val"])
+    log.info("teacher %d parameters, val %s %.4f; student %d parameters (%.2fx smaller), "
+             "val %s before distillation %.4f", _parameters(teacher), what, teacher_val,
+             _parameters(student), _parameters(teacher) / _parameters(student), what, student_before)
+    if embedding and config.compare_without_teacher:
+        log.info("no control run without the teacher: an embedding model has no labels to train on")
     log.info("KD: T = %g, alpha = %g, feature_weight = %g, %d epochs, peak lr %g, batch %d, seed %d",
              config.temperature, config.alpha, config.feature_weight, config.train.epochs,
              config.train.learning_rate, config.train.batch_size, params.seed)
     started = time.perf_counter()
-    result = distill_and_compare(student, teacher, splits, config, seed=params.seed, log=log.info)
+    result = distill_and_compare(student, teacher, splits, config, seed=params.seed, log=log.info,
+                                 embedding=embedding)
     seconds = time.perf_counter() - started
-    log.info("distilled student: val top-1 %.2f%%, test top-1 %.2f%% (%.0f s with the control run)",
-             100 * result.distilled_val, 100 * result.distilled_test, seconds)
+    log.info("distilled student: val %s %.4f, test %s %.4f (%.0f s with any control run)",
+             what, result.distilled_val, what, result.distilled_test, seconds)
     metrics = {"enabled": 1, "teacher_val_top1": teacher_val, "student_val_top1_before": student_before,
                "distilled_val_top1": result.distilled_val, "distilled_test_top1": result.distilled_test,
                "student_parameters": _parameters(result.distilled),

@@ -1,4 +1,10 @@
-"""evaluate: measure every artifact in ONNX Runtime, judge the shipped one, write the report."""
+"""evaluate: measure every artifact in ONNX Runtime, judge the shipped one, write the report.
+
+A classifier is judged by test top-1. An embedding model (a transformer without a task head) is
+judged by its embeddings: fidelity (mean cosine to the teacher's) and, item by item like top-1,
+labelled pairs (data.text.pairs) or, without them, whether each test text's embedding retrieves
+the teacher's embedding of the same text.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +14,8 @@ import numpy as np
 from slimline.artifact import ONNX, read_recipe
 from slimline.atomic import atomic_dir, write_json
 from slimline.data import SPLITS, load_split
+from slimline.text_data import load_pair_splits
+from slimline.embedding import embedding_fidelity, embedding_outcomes, is_embedding_model
 from slimline.errors import SlimlineError
 from slimline.gate import check_budgets
 from slimline.lineage import flatten, lineage
@@ -52,6 +60,19 @@ def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1)))
 
 
+def judged_outcomes(sessions, logits, test, pairs, embedding: bool) -> dict[str, tuple]:
+    """Per model (labels, predictions) of the task it is judged on (see the module docstring)."""
+    if not embedding:
+        return {name: (test.labels, values.argmax(1)) for name, values in logits.items()}
+    reference = next(iter(logits.values()))
+    outcomes = {}
+    for name, session in sessions.items():
+        pair_embeddings = None if pairs is None else (
+            onnx_predict(session, pairs[0].inputs), onnx_predict(session, pairs[1].inputs), pairs[0].labels)
+        outcomes[name] = embedding_outcomes(reference, logits[name], pair_embeddings)
+    return outcomes
+
+
 def main(args, params, log):
     settings = params.evaluate
     models = parse_models(args.model)
@@ -63,8 +84,18 @@ def main(args, params, log):
         sessions[name] = make_session(folder / ONNX, threads=settings.threads)
         check_feeds(sessions[name], test.inputs, str(folder / ONNX))
         logits[name] = onnx_predict(sessions[name], test.inputs)
-        log.info("%-10s %s, made by %s: test top-1 %.2f%%", name, folder,
-                 " -> ".join(recipes[name].history), 100 * (logits[name].argmax(1) == test.labels).mean())
+    embedding = is_embedding_model(recipes[next(iter(models))])
+    pairs = load_pair_splits(args.data) if embedding else None
+    outcomes = judged_outcomes(sessions, logits, test, pairs, embedding)
+    task = ("labelled pairs judged similar/dissimilar at each model's best cosine threshold"
+            if pairs else "test texts whose embedding retrieves the teacher's embedding of the same "
+            "text" if embedding else "test top-1")
+    for name, folder in models.items():
+        labels, predictions = outcomes[name]
+        log.info("%-10s %s, made by %s: %s %.2f%%%s", name, folder, " -> ".join(recipes[name].history),
+                 task, 100 * (predictions == labels).mean(),
+                 f", embedding fidelity {embedding_fidelity(logits[next(iter(models))], logits[name]):.4f}"
+                 if embedding else "")
 
     log.info("timing batch 1: %d runs per model in %d interleaved rounds, %d thread(s)",
              settings.latency_runs, settings.rounds, settings.threads)
@@ -77,27 +108,29 @@ def main(args, params, log):
 
     names = list(models)
     reference, shipped = names[0], names[-1]
-    reference_correct = logits[reference].argmax(1) == test.labels
+    reference_correct = np.equal(*outcomes[reference])
     rows = []
     for name in names:
-        predictions = logits[name].argmax(1)
-        paired = paired_difference(reference_correct, predictions == test.labels,
-                                   settings.gate.confidence)
+        labels, predictions = outcomes[name]
+        paired = paired_difference(reference_correct, predictions == labels, settings.gate.confidence)
         spread = speedup_spread(latency[reference].rounds, latency[name].rounds)
         history = recipes[name].history
         rows.append({
-            "name": name, "status": history[-1] if history else "?", "items": len(test),
-            "top1": float((predictions == test.labels).mean()), "diff": paired.difference,
+            "name": name, "status": history[-1] if history else "?", "items": len(labels),
+            "top1": float((predictions == labels).mean()), "diff": paired.difference,
             "diff_low": paired.low, "diff_high": paired.high, "gained": paired.gained,
             "lost": paired.lost, "p_value": paired.p_value, "paired": paired,
             "size_mb": file_size(models[name] / ONNX) / 1e6, "parameters": count_parameters(graphs[name]),
-            "macs": count_macs(graphs[name]), "latency_p50_ms": latency[name].percentile(50),
+            "macs": count_macs(graphs[name], test.head(1)), "latency_p50_ms": latency[name].percentile(50),
             "latency_p95_ms": latency[name].percentile(95),
             "latency_p99_ms": latency[name].percentile(99), "speedup": spread.median,
             "speedup_low": spread.low, "speedup_high": spread.high, "spread": spread,
             "throughput": batch_size / (throughput_timing[name].percentile(50) / 1e3),
-            "agreement": float((predictions == logits[reference].argmax(1)).mean()),
-            "mean_kl": mean_kl(logits[reference], logits[name]),
+            # An embedding model's agreement is its fidelity; KL between softmaxed embeddings
+            # would mean nothing (NaN: not applicable).
+            "agreement": (embedding_fidelity(logits[reference], logits[name]) if embedding else
+                          float((predictions == outcomes[reference][1]).mean())),
+            "mean_kl": float("nan") if embedding else mean_kl(logits[reference], logits[name]),
         })
     for row in rows:
         row["size_ratio"] = row["size_mb"] / rows[0]["size_mb"]
@@ -124,10 +157,10 @@ def main(args, params, log):
     split_files = {name: args.data / f"{name}.npz" for name in SPLITS}
     origin = lineage(params_file=args.params, data_files=split_files, seed=params.seed,
                      threads=settings.threads)
-    confusion = np.zeros((params.model.num_classes,) * 2, dtype=int)
-    np.add.at(confusion, (test.labels, logits[shipped].argmax(1)), 1)
+    confusion = np.zeros((2 if embedding else params.model.num_classes,) * 2, dtype=int)
+    np.add.at(confusion, outcomes[shipped], 1)
     per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
-    detectable = smallest_detectable_difference(len(test), settings.gate.confidence)
+    detectable = smallest_detectable_difference(len(reference_correct), settings.gate.confidence)
 
     with atomic_dir(args.report) as tmp:
         plain = [{key: value for key, value in row.items() if key not in ("paired", "spread")}
@@ -142,21 +175,23 @@ def main(args, params, log):
             settings=settings.model_dump()))
 
     metrics = {"gate_passed": gate_passed, "noisy_machine": bool(noisy),
-               "test_items": len(test), "smallest_detectable_diff": detectable,
+               "test_items": len(reference_correct), "smallest_detectable_diff": detectable,
                "seed": params.seed, "threads": settings.threads}
     for row in rows:
         for key in ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio", "parameters",
                     "macs", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "speedup",
                     "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
                     "mean_kl"):
-            metrics[f"{row['name']}.{key}"] = row[key]
+            if not (embedding and key == "mean_kl"):
+                metrics[f"{row['name']}.{key}"] = row[key]
+        if embedding:
+            metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
     for check in checks:
         metrics[f"gate.{check.name.replace(' ', '_')}.margin"] = check.margin
     metrics.update(flatten({"data_sha256": origin["data_sha256"]}))
     write_metrics(args.metrics, metrics)
     if args.predictions:
-        write_json(args.predictions, predictions_record(test.labels, logits[shipped].argmax(1),
-                                                        origin["data_sha256"]["test"]))
+        write_json(args.predictions, predictions_record(*outcomes[shipped], origin["data_sha256"]["test"]))
     log.info("report: %s; gate %s", args.report / "report.md", "PASSED" if gate_passed else "FAILED")
     if not gate_passed:
         raise SlimlineError(f"gate failed for the shipped model '{shipped}': see {args.report / 'report.md'}")

@@ -2,7 +2,8 @@
 
 Data come from params `data.source` (slimline/sources.py); the teacher from `model.source`
 (slimline/teacher.py): a builtin or factory torch model, trained here unless `model.weights`
-are given, or an ONNX file exported elsewhere, which is only checked and measured.
+are given, a Hugging Face transformer from a local folder (fine-tuned here only with
+`model.finetune`), or an ONNX file exported elsewhere, which is only checked and measured.
 """
 from __future__ import annotations
 
@@ -62,6 +63,55 @@ def torch_teacher(args, params, splits, log) -> dict:
             "onnx_parity_max_abs_diff": difference}
 
 
+def huggingface_teacher(args, params, splits, log) -> dict:
+    import torch
+
+    from slimline.artifact import Recipe, input_specs, write_artifact
+    from slimline.models.huggingface import TEXT_AXES, load_pretrained
+    from slimline.teacher import check_outputs
+    from slimline.train import accuracy, fit, forward, to_tensors
+
+    config, folder = params.model, args.params.parent / params.model.path
+    teacher, transformer_config, task = load_pretrained(folder, None if config.task == "auto" else config.task)
+    with torch.no_grad():
+        outputs = forward(teacher, to_tensors(splits["val"].head(2)))
+    if task == "classification":
+        check_outputs(tuple(outputs.shape), config.num_classes, f"model.path = {folder}")
+    parameters = sum(p.numel() for p in teacher.parameters())
+    log.info("teacher: %s %s from %s (%s, %d layers, %d heads, hidden %d), %d parameters",
+             transformer_config.get("model_type"), type(teacher.model).__name__, folder, task,
+             transformer_config.get("num_hidden_layers", 0), transformer_config.get("num_attention_heads", 0),
+             transformer_config.get("hidden_size", 0), parameters)
+    started = time.perf_counter()
+    if config.finetune:
+        if task != "classification":
+            raise SlimlineError(f"{args.params}: model.finetune needs a classifier; an embedding "
+                                "model has no labels to fine-tune on")
+        fit(teacher, splits["train"], params.prepare.train, seed=params.seed,
+            description="teacher fine-tune", log=log.info)
+    else:
+        log.info("teacher weights used as saved (model.finetune: false)")
+    seconds = time.perf_counter() - started
+    metrics = {"teacher_parameters": parameters, "train_seconds": round(seconds, 1)}
+    if task == "classification":
+        metrics["teacher_val_top1"] = accuracy(teacher, splits["val"])
+        metrics["teacher_test_top1"] = accuracy(teacher, splits["test"])
+        log.info("teacher: val top-1 %.2f%%, test top-1 %.2f%%", 100 * metrics["teacher_val_top1"],
+                 100 * metrics["teacher_test_top1"])
+    else:
+        metrics["embedding_size"] = int(outputs.shape[1])
+    recipe = Recipe(architecture="huggingface", arguments={"config": transformer_config, "task": task},
+                    inputs=input_specs(splits["val"].inputs, TEXT_AXES),
+                    output_name="logits" if task == "classification" else "sentence_embedding",
+                    history=["prepare"])
+    metrics["onnx_parity_max_abs_diff"] = write_artifact(
+        args.teacher, teacher, recipe, splits["val"].head(64), params.prepare.parity_tolerance)
+    log.info("teacher artifact written to %s (ONNX inputs %s, dynamic batch and sequence); "
+             "torch/ONNX parity: max |output diff| = %.2e (tolerance %g)", args.teacher,
+             ", ".join(TEXT_AXES), metrics["onnx_parity_max_abs_diff"], params.prepare.parity_tolerance)
+    return metrics
+
+
 def onnx_teacher(args, params, splits, graph_path: Path, graph_inputs, log) -> dict:
     from slimline.artifact import Recipe, write_onnx_artifact
     from slimline.measure import count_parameters, load_onnx, onnx_accuracy
@@ -90,7 +140,10 @@ def main(args, params, log):
     from slimline.train import seed_everything
 
     seed_everything(params.seed)
-    dataset = load_dataset(params.data, args.params.parent)
+    model_dir = args.params.parent / params.model.path if params.model.source == "huggingface" else None
+    dataset = load_dataset(params.data, args.params.parent, model_dir)
+    for note in dataset.notes:
+        log.info("data: %s", note)
     num_classes = params.model.num_classes
     if dataset.classes is not None and len(dataset.classes) != num_classes:
         raise SlimlineError(f"{args.params}: model.num_classes = {num_classes} but the data has "
@@ -118,9 +171,17 @@ def main(args, params, log):
     with atomic_dir(args.data) as tmp:
         for name, split in splits.items():
             save_split(split, tmp / f"{name}.npz")
+        if params.data.source == "text" and params.data.text.pairs:
+            from slimline.text_data import save_pairs
+
+            count = save_pairs(args.params.parent / params.data.text.pairs, params.data.text, model_dir, tmp)
+            log.info("data: %d labelled pairs from %s (data.text.pairs) for the embedding evaluation",
+                     count, params.data.text.pairs)
 
     if graph_path is not None:
         metrics = onnx_teacher(args, params, splits, graph_path, graph_inputs, log)
+    elif params.model.source == "huggingface":
+        metrics = huggingface_teacher(args, params, splits, log)
     else:
         metrics = torch_teacher(args, params, splits, log)
     write_metrics(args.metrics, {

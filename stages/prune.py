@@ -1,6 +1,7 @@
 """prune: structured channel pruning (or unstructured magnitude pruning) + fine-tuning.
 
-Reads the input artifact and the train/val splits, prunes with slimline/prune.py, records the
+Reads the input artifact and the train/val splits, prunes with slimline/prune.py (a Hugging
+Face transformer: attention heads and FFN neurons, slimline/prune_transformer.py), records the
 channel changes as `resize` edits in the recipe, writes the artifact (ONNX + parity check) and
 measures it against the input in ONNX Runtime, side by side.
 """
@@ -18,9 +19,11 @@ from slimline.errors import SlimlineError
 from slimline.passthrough import pass_through, skipped_onnx_only
 from slimline.prune import check_layer_names, prune_structured, prune_unstructured, weight_sparsity
 from slimline.recipe import resize_edits
+from slimline.prune_transformer import head_counts, prune_transformer
 from slimline.speed import compare_onnx
 from slimline.stage import run_stage, write_metrics
-from slimline.train import accuracy, seed_everything, to_tensors
+from slimline.embedding import fidelity_score, is_embedding_model, stay_close_loss
+from slimline.train import accuracy, cross_entropy, seed_everything, to_tensors
 
 
 def add_arguments(parser):
@@ -54,22 +57,31 @@ def main(args, params, log):
     check_layer_names(model, config.exclude, f"{args.params}: prune.exclude")
     reference = copy.deepcopy(model)
     example = to_tensors(val.head(1))
-    val_before = accuracy(model, val)
-    log.info("input %s: val top-1 %.2f%%; %s pruning, keep ratio %g, %s importance, %s scope, %d step(s)",
-             args.input, 100 * val_before, config.method, config.keep_ratio, config.importance,
+    embedding = is_embedding_model(recipe)
+    # An embedding model has no labels: it is judged, and repaired, by closeness to its input.
+    score, loss_fn = ((fidelity_score(reference), stay_close_loss(copy.deepcopy(model))) if embedding
+                      else (accuracy, cross_entropy))
+    what = "embedding fidelity to the input model" if embedding else "top-1"
+    val_before = score(model, val)
+    log.info("input %s: val %s %.4f; %s pruning, keep ratio %g, %s importance, %s scope, %d step(s)",
+             args.input, what, val_before, config.method, config.keep_ratio, config.importance,
              config.scope, config.steps)
 
     started = time.perf_counter()
-    if config.method == "structured":
+    if recipe.architecture == "huggingface":
+        heads_before = head_counts(model)
+        report = prune_transformer(model, config, to_tensors(val.head(2)), train, val, seed=params.seed,
+                                   log=log.info, loss_fn=loss_fn, score=score)
+    elif config.method == "structured":
         report = prune_structured(model, config, example, train, val, seed=params.seed, log=log.info)
     else:
         report = prune_unstructured(model, config, train, val, seed=params.seed, log=log.info)
     seconds = time.perf_counter() - started
     for name, before in report.channels_before.items():
         log.info("layer %-28s %4d -> %4d output channels", name, before, report.channels_after[name])
-    val_after = accuracy(model, val)
-    log.info("val top-1: %.2f%% before, %.2f%% right after pruning, %.2f%% after fine-tuning",
-             100 * val_before, 100 * report.val_top1_pruned, 100 * val_after)
+    val_after = score(model, val)
+    log.info("val %s: %.4f before, %.4f right after pruning, %.4f after fine-tuning",
+             what, val_before, report.val_top1_pruned, val_after)
 
     new_recipe = recipe.derive("prune", edits=recipe.edits + resize_edits(reference, model))
     check_replay(new_recipe, model)
@@ -102,6 +114,9 @@ def main(args, params, log):
         "val_top1_after": val_after, "val_top1_drop_points": round(100 * (val_before - val_after), 2),
         "weight_sparsity": sparsity, "onnx_parity_max_abs_diff": difference,
         "prune_and_finetune_seconds": round(seconds, 1), **measured,
+        **({"attention_heads_before": sum(heads_before.values()),
+            "attention_heads_after": sum(head_counts(model).values())}
+           if recipe.architecture == "huggingface" else {}),
     })
 
 

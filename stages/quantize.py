@@ -11,6 +11,7 @@ import onnx
 
 from slimline.artifact import ONNX, load_model, read_recipe, write_onnx_artifact
 from slimline.data import load_split
+from slimline.embedding import embedding_fidelity, is_embedding_model
 from slimline.errors import SlimlineError
 from slimline.measure import check_feeds, file_size, load_onnx, onnx_predict, time_interleaved
 from slimline.passthrough import pass_through
@@ -90,7 +91,8 @@ def main(args, params, log):
 
     started = time.perf_counter()
     fp32 = _fp32_graph(args, params, calibration, target, log)
-    quantized, report = quantize_model(fp32, calibration, config, target)
+    quantized, report = quantize_model(fp32, calibration, config, target,
+                                       transformer=recipe.architecture == "huggingface")
     seconds = time.perf_counter() - started
     log.info("quantized in %.1f s (%d calibration images, %s calibration); graph ops: %s", seconds,
              len(calibration), config.calibration_method,
@@ -115,10 +117,16 @@ def main(args, params, log):
     latency = {name: timing.percentile(50) for name, timing in timings.items()}
     speedup = latency["fp32"] / latency["int8"]
     drop = {split: 100 * (top1["fp32"][split] - top1["int8"][split]) for split in ("val", "test")}
-    log.info("top-1 val: fp32 %.2f%% -> quantized %.2f%% (drop %+.2f points); test: %.2f%% -> %.2f%% "
-             "(drop %+.2f); fp32/quantized agree on %.2f%% of test images",
-             100 * top1["fp32"]["val"], 100 * top1["int8"]["val"], drop["val"], 100 * top1["fp32"]["test"],
-             100 * top1["int8"]["test"], drop["test"], 100 * agreement)
+    if is_embedding_model(recipe):  # no labels: the int8 embeddings are judged against fp32's
+        fidelity = {split: embedding_fidelity(logits["fp32"][split], logits["int8"][split])
+                    for split in ("val", "test")}
+        log.info("embedding fidelity of the quantized model to fp32 (mean cosine): val %.4f, test %.4f",
+                 fidelity["val"], fidelity["test"])
+    else:
+        log.info("top-1 val: fp32 %.2f%% -> quantized %.2f%% (drop %+.2f points); test: %.2f%% -> "
+                 "%.2f%% (drop %+.2f); fp32/quantized agree on %.2f%% of test images",
+                 100 * top1["fp32"]["val"], 100 * top1["int8"]["val"], drop["val"],
+                 100 * top1["fp32"]["test"], 100 * top1["int8"]["test"], drop["test"], 100 * agreement)
     log.info("size: %.0f kB -> %.0f kB (%.3fx); batch-1 latency p50, one thread, interleaved: "
              "fp32 %.3f ms, quantized %.3f ms (%.2fx faster)", sizes["fp32"] / 1e3, sizes["int8"] / 1e3,
              sizes["int8"] / sizes["fp32"], latency["fp32"], latency["int8"], speedup)
@@ -126,16 +134,19 @@ def main(args, params, log):
         log.warning("the quantized model is SLOWER than fp32 on this CPU: %.3f ms vs %.3f ms (%.2fx). "
                     "Int8 support here: %s. Consider scheme, activation_type or shipping fp32.",
                     latency["int8"], latency["fp32"], speedup, ", ".join(sorted(features)) or "none")
-    if drop["val"] > config.max_top1_drop:
+    if drop["val"] > config.max_top1_drop and not is_embedding_model(recipe):
         log.warning("quantization lost %.2f val top-1 points, more than quantize.max_top1_drop = %g; "
                     "try calibration_method, per_channel or scheme: qat", drop["val"], config.max_top1_drop)
     log.info("quantized artifact written to %s (precision %s)", args.output, PRECISION[config.scheme])
     weights = [row.sqnr_db for row in report.tensors if row.kind == "weight"]
     activations = [row.sqnr_db for row in report.tensors if row.kind == "activation"]
+    quality = ({"int8_val_embedding_fidelity": fidelity["val"],
+                "int8_test_embedding_fidelity": fidelity["test"]} if is_embedding_model(recipe) else
+               {"fp32_val_top1": top1["fp32"]["val"], "int8_val_top1": top1["int8"]["val"],
+                "fp32_test_top1": top1["fp32"]["test"], "int8_test_top1": top1["int8"]["test"],
+                "val_top1_drop_points": round(drop["val"], 2), "test_agreement": agreement})
     metrics = {
-        "enabled": 1, "fp32_val_top1": top1["fp32"]["val"], "int8_val_top1": top1["int8"]["val"],
-        "fp32_test_top1": top1["fp32"]["test"], "int8_test_top1": top1["int8"]["test"],
-        "val_top1_drop_points": round(drop["val"], 2), "test_agreement": agreement,
+        "enabled": 1, **quality,
         "fp32_size_bytes": sizes["fp32"], "int8_size_bytes": sizes["int8"],
         "size_ratio": sizes["int8"] / sizes["fp32"], "fp32_latency_p50_ms": latency["fp32"],
         "int8_latency_p50_ms": latency["int8"], "speedup": speedup, "int8_faster": speedup > 1,

@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from slimline.errors import SlimlineError
+from slimline.models.huggingface import build_text_model
 from slimline.models.mobilenet import MobileNet
 from slimline.models.resnet import ResNetDigits
 
 ARCHITECTURES = {
     "resnet_digits": ResNetDigits,
+    "huggingface": build_text_model,   # a transformer rebuilt from the config in its recipe
     "mobilenet": MobileNet,
 }
 

@@ -1,0 +1,201 @@
+"""A Hugging Face transformer (encoder or sequence classifier) from a local directory.
+
+The line never downloads: every load is `local_files_only` and the hub is switched offline
+before transformers is imported. The artifact's recipe carries the model's config as JSON, so a
+compressed model rebuilds from the recipe alone (config -> skeleton -> structural edits ->
+safetensors weights); the user's directory is read once, by prepare.
+
+`TextModel` gives every transformer the same face: named inputs `input_ids` and
+`attention_mask` (int64, batch x sequence) in, one tensor out: class logits for a classifier,
+the mean-pooled last hidden state (padding excluded) for an encoder used for embeddings.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimline.errors import SlimlineError
+
+# Before transformers is imported anywhere: no hub calls, no telemetry, no progress bars.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+TASKS = ("classification", "embedding")
+# The graph's named inputs and their dynamic axes (both share one batch and one sequence length).
+TEXT_AXES = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def config_from_dict(config: dict):
+    """The transformers config object for a JSON config (as saved in a recipe)."""
+    transformers = _quiet_transformers()
+    values = dict(config)
+    model_type = values.pop("model_type", None)
+    try:
+        return transformers.AutoConfig.for_model(model_type, **values)
+    except (ValueError, TypeError) as exc:
+        raise SlimlineError(f"transformer config: cannot rebuild model type {model_type!r} ({exc})") from None
+
+
+def config_to_dict(config) -> dict:
+    """JSON-safe config (what the recipe stores); `to_dict` keeps model_type and architectures."""
+    return json.loads(config.to_json_string(use_diff=False))
+
+
+def infer_task(config) -> str:
+    """classification for a *ForSequenceClassification checkpoint, else embedding."""
+    architectures = getattr(config, "architectures", None) or []
+    return "classification" if any(a.endswith("ForSequenceClassification") for a in architectures) \
+        else "embedding"
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors that are not padding (the usual sentence embedding)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class TextModel(nn.Module):
+    """(input_ids, attention_mask) -> logits (classification) or pooled embedding."""
+
+    def __init__(self, transformer: nn.Module, task: str):
+        super().__init__()
+        if task not in TASKS:
+            raise SlimlineError(f"transformer task '{task}' is not one of {', '.join(TASKS)}")
+        self.model, self.task = transformer, task
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.task == "classification":
+            return output.logits
+        return mean_pool(output.last_hidden_state, attention_mask)
+
+
+def _auto_class(config, task: str):
+    """The transformers class for the task, and its construction options: sdpa attention (it
+    exports to plain MatMul/Softmax ONNX, the same maths as eager) and, for an embedding model,
+    no pooler where the class allows it (the embedding is the mean of the tokens, so a pooler
+    would be dead weight, randomly initialised when the checkpoint has none)."""
+    import inspect
+
+    transformers = _quiet_transformers()
+    auto = (transformers.AutoModelForSequenceClassification if task == "classification"
+            else transformers.AutoModel)
+    options = {"attn_implementation": "sdpa"}
+    if task == "embedding":
+        model_class = auto._model_mapping.get(type(config), None)
+        if model_class and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+            options["add_pooling_layer"] = False
+    return auto, options
+
+
+def _skeleton(config, task: str) -> nn.Module:
+    auto, options = _auto_class(config, task)
+    return auto.from_config(config, **options)
+
+
+def build_text_model(config: dict, task: str) -> TextModel:
+    """The model's skeleton from its recipe (untrained weights; no file is read)."""
+    return TextModel(_skeleton(config_from_dict(config), task), task).eval()
+
+
+def check_model_directory(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise SlimlineError(f"{path}: model.path is not a directory (expected a Hugging Face model "
+                            "saved with save_pretrained)")
+    if not (path / "config.json").is_file():
+        raise SlimlineError(f"{path}: not a Hugging Face model directory (no config.json)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise SlimlineError(f"{path}: Hugging Face model directory has no weights "
+                            f"(none of {', '.join(WEIGHT_FILES)})")
+    return path
+
+
+def load_pretrained(path: str | Path, task: str | None = None) -> tuple[TextModel, dict, str]:
+    """The user's model from a local directory: (model, JSON config, task). Never downloads."""
+    path = check_model_directory(path)
+    transformers = _quiet_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimlineError(f"{path / 'config.json'}: not a readable Hugging Face config "
+                            f"({str(exc).splitlines()[0][:200]})") from None
+    task = task or infer_task(config)
+    auto, options = _auto_class(config, task)
+    try:
+        transformer = auto.from_pretrained(str(path), local_files_only=True, **options)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise SlimlineError(f"{path}: cannot load the Hugging Face model "
+                            f"({str(exc).strip().splitlines()[0][:200]})") from None
+    return TextModel(transformer, task).eval(), config_to_dict(transformer.config), task
+
+
+def label2id(path: str | Path) -> dict[str, int] | None:
+    """The class names of a saved classifier (config.json), or None."""
+    try:
+        mapping = json.loads((Path(path) / "config.json").read_text()).get("label2id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return {str(name): int(index) for name, index in mapping.items()} if mapping else None
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved next to the model (save_pretrained); one clear line if it is missing."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SlimlineError(f"{path}: no tokenizer in the model directory (none of "
+                            f"{', '.join(TOKENIZER_FILES)}; save it with tokenizer.save_pretrained)")
+    transformers = _quiet_transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SlimlineError(f"{path}: cannot load the tokenizer "
+                            f"({str(exc).strip().splitlines()[0][:200]})") from None
+
+
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """Self-attention modules with query/key/value projections (BERT, RoBERTa, ELECTRA, ...)."""
+    return [module for module in model.modules()
+            if all(isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value"))
+            and hasattr(module, "num_attention_heads")]
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The stack of transformer blocks (name, ModuleList): the one with the attention layers."""
+    attention = set(attention_layers(model))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and all(
+                any(sub in attention for sub in block.modules()) for block in module):
+            return name, module
+    raise SlimlineError(f"{type(model).__name__}: no stack of transformer layers found")
+
+
+def keep_encoder_layers(model: nn.Module, indices: list[int]) -> dict:
+    """Cut the model's transformer stack down to the layers at `indices` (a shallower student
+    initialised from those layers); returns the recipe edit that replays the cut."""
+    from slimline.recipe import apply_keep_layers, keep_layers_edit
+
+    name, stack = encoder_layers(model)
+    bad = [index for index in indices if not -len(stack) <= index < len(stack)]
+    if bad or not indices or len(set(indices)) != len(indices):
+        raise SlimlineError(f"distill.student_layers = {indices} is not allowed: the model has "
+                            f"{len(stack)} transformer layers (indices 0..{len(stack) - 1}, each once)")
+    edit = keep_layers_edit(name, [index % len(stack) for index in indices])
+    apply_keep_layers(model, edit)
+    return edit
