@@ -54,7 +54,21 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor] | torch.Tenso
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
+    strip_provenance(path)
     onnx.checker.check_model(str(path))
+
+
+def strip_provenance(path: Path) -> None:
+    """Drop the exporter's per-node notes (Python stack traces, source file paths, FX names):
+    they are a large share of a small model's file, and they differ between machines for the same
+    weights, so byte-identical builds and honest size figures both need them gone."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        value.ClearField("metadata_props")
+    onnx.save(model, str(path))
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: Inputs) -> float:
