@@ -92,8 +92,9 @@ def test_calibration_split_of_zero_samples(tiny_teacher, tmp_path):
     import numpy as np
     data = tmp_path / "data"
     shutil.copytree(tiny_teacher / "data", data)
-    np.savez(data / "calibration.npz", images=np.zeros((0, 1, 28, 28), np.float32),
-             labels=np.zeros(0, np.int64))
+    with np.load(data / "calibration.npz") as split:   # same keys and shapes, zero samples
+        empty = {key: split[key][:0] for key in split.files}
+    np.savez(data / "calibration.npz", **empty)
     result = run_stage("quantize", "--input", str(tiny_teacher / "teacher"), "--data", str(data),
                        "--output", str(tmp_path / "quantized"), "--metrics", str(tmp_path / "q.json"),
                        params=tiny_teacher / "params.yaml")
