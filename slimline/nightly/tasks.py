@@ -117,6 +117,16 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     runner.run(job, log.info)
 
 
+def _run_or_fail(config: NightlyConfig, task: str, module_args: list[str], workspace, what: str) -> None:
+    """_run_job, with a bad-input exit failing the task at once and anything else left to retries."""
+    try:
+        _run_job(config, task, module_args, workspace)
+    except JobFailed as exc:
+        if exc.exit_code in PERMANENT_EXIT_CODES:
+            raise AirflowFailException(f"{what}: {exc}") from None
+        raise RuntimeError(f"{what}: {exc}") from None
+
+
 def _exchange_dir(workspace) -> Path:
     """Where a task hands its command the upstream results (git-ignored, per workspace)."""
     folder = workspace.root / ".dvc" / "tmp" / "nightly"
@@ -133,13 +143,8 @@ def run_stage(project: str, stage: str, **context) -> dict:
     upstream_file, result_file = exchange / f"{stage}.upstream.json", exchange / f"{stage}.result.json"
     upstream_file.write_text(json.dumps([r for r in results if r]))
     result_file.unlink(missing_ok=True)
-    try:
-        _run_job(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
-                                 "--result", str(result_file)], workspace)
-    except JobFailed as exc:
-        if exc.exit_code in PERMANENT_EXIT_CODES:
-            raise AirflowFailException(f"stage {stage}: {exc}") from None
-        raise RuntimeError(f"stage {stage}: {exc}") from None
+    _run_or_fail(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
+                                 "--result", str(result_file)], workspace, f"stage {stage}")
     return json.loads(result_file.read_text())
 
 
@@ -182,12 +187,7 @@ def search(project: str, **context) -> dict:
                  "--log", str(out / "search.log")]
     if settings.get("write_profile"):
         arguments += ["--write-profile", settings["write_profile"]]
-    try:
-        _run_job(config, "search", arguments, workspace)
-    except JobFailed as exc:
-        if exc.exit_code in PERMANENT_EXIT_CODES:
-            raise AirflowFailException(f"search: {exc}") from None
-        raise RuntimeError(f"search: {exc}") from None
+    _run_or_fail(config, "search", arguments, workspace, "search")
     folder = workspace.root / out
     result = {"front": str(folder / "front.md"), "plot": str(folder / "front.png"),
               "pick": json.loads((folder / "front.json").read_text())["pick"]}
