@@ -68,6 +68,11 @@ def _with_batch(model: onnx.ModelProto, batch: int,
 def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
     """Multiply-accumulates of one batch-1 inference, from the graph's Conv/Gemm/MatMul shapes;
     `example` (named inputs) sets the size of dynamic axes other than the batch."""
+    return sum(macs_by_kind(model, example).values())
+
+
+def macs_by_kind(model: onnx.ModelProto, example: Inputs | None = None) -> dict[str, int]:
+    """count_macs split into {"conv": ..., "matmul": ...} (Gemm and MatMul count as matmul)."""
     model = _with_batch(model, 1, example)
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
@@ -78,7 +83,7 @@ def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
             shapes.setdefault(node.output[0], shapes[node.input[0]])
-    total = 0
+    total = {"conv": 0, "matmul": 0}
     for node in model.graph.node:
         out = shapes.get(node.output[0])
         if out is None:
@@ -86,13 +91,13 @@ def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             weight = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
             if weight:
-                total += int(np.prod(out)) * int(np.prod(weight[1:]))
+                total["conv"] += int(np.prod(out)) * int(np.prod(weight[1:]))
         elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
             left = shapes.get(node.input[0])
             if left:
                 transposed = node.op_type == "Gemm" and any(
                     a.name == "transA" and a.i for a in node.attribute)
-                total += int(np.prod(out)) * left[0 if transposed else -1]
+                total["matmul"] += int(np.prod(out)) * left[0 if transposed else -1]
     return total
 
 

@@ -5,6 +5,10 @@ energy, distillation on/off, quantization scheme and calibration method); every 
 the real stages and is measured for real on the validation split (accuracy) and in ONNX Runtime
 (batch-1 latency interleaved with the teacher, file size). Trials live in a SQLite study on disk,
 so an interrupted search resumes where it stopped.
+
+A new study starts from the target profile's own recipe (its first trial), so the search explores
+around a known-good point instead of spending its first generation on random ones; and dynamic
+int8 is offered only to MatMul-heavy models (it leaves convolutions fp32, see slimline/quantize.py).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import yaml
 from slimline.artifact import ONNX
 from slimline.data import load_split
 from slimline.errors import SlimlineError
-from slimline.measure import file_size, onnx_accuracy, time_interleaved
+from slimline.measure import file_size, load_onnx, macs_by_kind, onnx_accuracy, time_interleaved
 from slimline.params import deep_merge
 from slimline.runtime import make_session
 
@@ -30,28 +34,75 @@ TECHNIQUE_STAGES = (("prune", "pruned"), ("decompose", "decomposed"), ("distill"
 OBJECTIVES = ("val_top1", "latency_ms", "size_mb")   # maximise, minimise, minimise
 
 
-def sample_recipe(trial: optuna.Trial) -> dict:
-    """One point of the joint space, as params.yaml overrides."""
-    quantize = trial.suggest_categorical("quantize_scheme", ["static", "dynamic", "none"])
-    recipe = {
-        "prune": {"enabled": True,
-                  "keep_ratio": trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05),
-                  "importance": trial.suggest_categorical("importance",
-                                                          ["l1", "l2", "bn_scale", "taylor"])},
-        "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
-        "distill": {"enabled": trial.suggest_categorical("distill", [True, False]),
-                    "compare_without_teacher": False},
-        "quantize": {"enabled": quantize != "none"},
-    }
-    if recipe["decompose"]["enabled"]:
-        recipe["decompose"].update(rank_rule="energy",
-                                   energy=trial.suggest_float("energy", 0.8, 0.99, step=0.01))
-    if quantize != "none":
-        recipe["quantize"]["scheme"] = quantize
-    if quantize == "static":
-        recipe["quantize"]["calibration_method"] = trial.suggest_categorical(
-            "calibration_method", ["minmax", "entropy", "percentile"])
-    return recipe
+# The decomposition knob the search varies is the one params.yaml's rank_rule uses: (low, high, step).
+DECOMPOSE_RANGES = {"energy": (0.8, 0.99, 0.01), "param_reduction": (0.2, 0.8, 0.05)}
+
+
+def quantize_schemes(teacher_onnx: Path, example) -> tuple[str, ...]:
+    """The quantization choices worth trying: `dynamic` only when most MACs are in MatMul/Gemm."""
+    macs = macs_by_kind(load_onnx(teacher_onnx), example)
+    matmul_heavy = macs["matmul"] >= macs["conv"]
+    return ("static", "dynamic", "none") if matmul_heavy else ("static", "none")
+
+
+def _snap(value: float, low: float, high: float, step: float) -> float:
+    return round(min(max(round(value / step) * step, low), high), 2)
+
+
+@dataclass(frozen=True)
+class Space:
+    """The joint space: keep ratio and importance, decomposition on/off and strength, distillation
+    on/off, quantization scheme and calibration method."""
+    schemes: tuple[str, ...]
+    rank_rule: str            # "energy" | "param_reduction"
+
+    def sample(self, trial: optuna.Trial) -> dict:
+        """One point of the space, as params.yaml overrides."""
+        quantize = trial.suggest_categorical("quantize_scheme", list(self.schemes))
+        recipe = {
+            "prune": {"enabled": True,
+                      "keep_ratio": trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05),
+                      "importance": trial.suggest_categorical("importance",
+                                                              ["l1", "l2", "bn_scale", "taylor"])},
+            "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
+            "distill": {"enabled": trial.suggest_categorical("distill", [True, False]),
+                        "compare_without_teacher": False},
+            "quantize": {"enabled": quantize != "none"},
+        }
+        if recipe["decompose"]["enabled"]:
+            low, high, step = DECOMPOSE_RANGES[self.rank_rule]
+            recipe["decompose"].update({"rank_rule": self.rank_rule, self.rank_rule:
+                                        trial.suggest_float(self.rank_rule, low, high, step=step)})
+        if quantize != "none":
+            recipe["quantize"]["scheme"] = quantize
+        if quantize == "static":
+            recipe["quantize"]["calibration_method"] = trial.suggest_categorical(
+                "calibration_method", ["minmax", "entropy", "percentile"])
+        return recipe
+
+    def point(self, params: dict) -> dict | None:
+        """The coordinates of `params` (params.yaml with a profile's recipe merged in), or None
+        when that recipe lies outside the space (pruning off, 4-bit, QAT)."""
+        prune, decompose = params["prune"], params["decompose"]
+        quantize = params["quantize"]["scheme"] if params["quantize"]["enabled"] else "none"
+        if not prune["enabled"] or quantize not in self.schemes:
+            return None
+        point = {"quantize_scheme": quantize, "importance": prune["importance"],
+                 "keep_ratio": _snap(prune["keep_ratio"], 0.3, 0.8, 0.05),
+                 "decompose": decompose["enabled"], "distill": params["distill"]["enabled"]}
+        if decompose["enabled"]:
+            point[self.rank_rule] = _snap(decompose[self.rank_rule], *DECOMPOSE_RANGES[self.rank_rule])
+        if quantize == "static":
+            point["calibration_method"] = params["quantize"]["calibration_method"]
+        return point
+
+
+def start_from(study: optuna.Study, point: dict | None, log) -> None:
+    """Queue the profile's point as the first trial of a new study."""
+    if point is None or study.get_trials(deepcopy=False):
+        return
+    study.enqueue_trial(point)
+    log(f"search: the first trial is the target profile's recipe {json.dumps(point, sort_keys=True)}")
 
 
 @dataclass(frozen=True)
@@ -153,8 +204,8 @@ def completed(study: optuna.Study) -> list[Candidate]:
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
 
 
-def search(study: optuna.Study, runner: TrialRunner, *, max_trials: int, wall_clock_s: float,
-           log) -> list[Candidate]:
+def search(study: optuna.Study, runner: TrialRunner, space: Space, *, max_trials: int,
+           wall_clock_s: float, log) -> list[Candidate]:
     """Run trials until `max_trials` are complete or the next one would overrun the clock."""
     started = time.perf_counter()
     durations = [c.seconds for c in completed(study)]
@@ -166,7 +217,7 @@ def search(study: optuna.Study, runner: TrialRunner, *, max_trials: int, wall_cl
                 f"(budget {wall_clock_s:.0f} s)")
             break
         trial = study.ask()
-        recipe = sample_recipe(trial)
+        recipe = space.sample(trial)
         log(f"trial {trial.number}: {json.dumps(recipe, sort_keys=True)}")
         try:
             candidate = runner.run(trial.number, recipe)

@@ -16,9 +16,10 @@ from slimline.artifact import ONNX
 from slimline.atomic import write_json, write_text
 from slimline.errors import SlimlineError
 from slimline.measure import file_size, onnx_accuracy
+from slimline.params import deep_merge
 from slimline.profiles import load_profile
 from slimline.search import (OBJECTIVES, TrialRunner, best_within_budgets, front_plot, open_study,
-                             pareto_front, search)
+                             Space, pareto_front, quantize_schemes, search, start_from)
 from slimline.stage import run_stage
 
 
@@ -47,8 +48,12 @@ def main(args, params, log):
     base = yaml.safe_load(args.params.read_text())
     runner = TrialRunner(base, args.data, args.teacher, args.out / "trials", args.latency_runs, log.info)
     study = open_study(args.out / "study.db", args.study_name, params.seed)
-    candidates = search(study, runner, max_trials=args.max_trials, wall_clock_s=60 * args.minutes,
-                        log=log.info)
+    space = Space(quantize_schemes(args.teacher / ONNX, runner.val.head(1)), params.decompose.rank_rule)
+    log.info("search: quantization schemes tried: %s; decomposition by %s",
+             ", ".join(space.schemes), space.rank_rule)
+    start_from(study, space.point(deep_merge(params.model_dump(), profile.recipe)), log.info)
+    candidates = search(study, runner, space, max_trials=args.max_trials,
+                        wall_clock_s=60 * args.minutes, log=log.info)
     if not candidates:
         raise SlimlineError("search: no trial completed within the budget; raise --minutes")
 
