@@ -85,6 +85,8 @@ def test_reduced_search_resumes_and_writes_a_profile(tiny_teacher, tmp_path):
 
     first = search(1)
     assert first.returncode == 0, first.stderr
+    assert "the first trial is the target profile's recipe" in first.stdout
+    assert "quantization schemes tried: static, none" in first.stdout   # a conv net: no dynamic
     made = (tmp_path / "search" / "trials" / "trial-0000" / "result.json").stat().st_mtime
     second = search(2, "--write-profile", "found")  # resumes: trial 0 is not run again
     assert second.returncode == 0, second.stderr
