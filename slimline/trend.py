@@ -34,6 +34,12 @@ def compare_nights(previous: dict, current: dict, confidence: float = 0.95) -> s
             f"exact McNemar p = {paired.p_value:.3f}).")
 
 
+def _cell(value, scale: float) -> str:
+    if isinstance(value, bool):
+        return "pass" if value else "fail"
+    return f"{value * scale:.3f}" if isinstance(value, (int, float)) else "–"
+
+
 def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
     """Markdown table + plot of the key metrics over `nights` (oldest first, (tag, metrics))."""
     import matplotlib
@@ -44,8 +50,7 @@ def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
     header = "| night | " + " | ".join(label for _, label, _ in TREND_KEYS) + " |"
     lines = ["## Trend over the last nights", "", header, "|" + "---|" * (len(TREND_KEYS) + 1)]
     for tag, metrics in nights:
-        cells = [f"{metrics[key] * scale:.3f}" if isinstance(metrics.get(key), (int, float)) else "–"
-                 for key, _, scale in TREND_KEYS]
+        cells = [_cell(metrics.get(key), scale) for key, _, scale in TREND_KEYS]
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for axis, (key, label, scale) in zip(axes, TREND_KEYS[:3]):

@@ -97,8 +97,9 @@ def test_night_over_night_is_paired_on_the_same_items(tmp_path):
     assert "-5.0 points" in text and "3 test items gained, 8 lost" in text
     assert "cannot be paired" in compare_nights(predictions_record(labels, before, "a"),
                                                 predictions_record(labels, after, "b"))
-    section = trend_section([("nightly/2026-11-26", {"quantized.top1": 0.98, "gate_passed": 1}),
-                             ("nightly/2026-11-27", {"quantized.top1": 0.97, "gate_passed": 0})],
+    section = trend_section([("nightly/2026-11-26", {"quantized.top1": 0.98, "gate_passed": True}),
+                             ("nightly/2026-11-27", {"quantized.top1": 0.97, "gate_passed": False})],
                             tmp_path / "trend.png")
     assert "| nightly/2026-11-27 | 97.000 |" in section
+    assert section.count(" | pass |") == 1 and section.count(" | fail |") == 1
     assert (tmp_path / "trend.png").read_bytes()[:4] == b"\x89PNG"
