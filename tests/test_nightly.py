@@ -56,14 +56,20 @@ def test_a_night_runs_every_stage_and_publishes(two_nights, project):
     assert published["tag"] == "nightly/2026-01-01"
     assert git("rev-parse", "nightly/2026-01-01^{commit}", cwd=project).strip() == published["commit"]
     committed = git("show", "--name-only", "--format=", published["commit"], cwd=project).split()
-    assert {"dvc.lock", "params.yaml", "metrics/evaluate.json"} <= set(committed)
+    assert {"dvc.lock", "params.yaml", "metrics/evaluate.json", "night/comparison.md",
+            "night/trend.png"} <= set(committed)
     # each stage's log: streamed into the Airflow task log, kept in the workspace (and the remote)
     for stage in stages:
         assert f"slimline.{stage} INFO stage {stage} started" in first.output
         assert (first.workspace / "logs" / f"{stage}.log").is_file()
         assert f"stage {stage} started" in (first.run_dir / "logs" / f"{stage}.log").read_text()
+    comparison = Path(published["comparison"]).read_text()
+    assert "## Compared with the previous night" in comparison and "first published night" in comparison
+    assert git("show", f"{published['tag']}:night/comparison.md", cwd=project) == comparison
+    # evaluate's report stays as evaluate pushed it (publish editing it orphaned objects) and
+    # says where the comparison is
     report = Path(published["report"]).read_text()
-    assert "## Compared with the previous night" in report and "first published night" in report
+    assert "Compared with the previous night" not in report and "`night/comparison.md`" in report
 
 
 @pytest.mark.slow
@@ -78,12 +84,12 @@ def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, proj
                 == (first.workspace / "logs" / f"{stage}.log").read_text())
     assert second.published["tag"] == "nightly/2026-01-02"
     assert second.published["previous"] == first.published["commit"]
-    report = Path(second.published["report"]).read_text()
-    assert "against nightly/2026-01-01" in report
+    comparison = Path(second.published["comparison"]).read_text()
+    assert "against nightly/2026-01-01" in comparison
     # Same inputs, same predictions: the paired comparison sees no flips; the trend has both nights.
-    assert "0 test items gained, 0 lost" in report
-    assert "| nightly/2026-01-01 |" in report and "| tonight |" in report
-    assert (Path(second.published["report"]).parent / "trend.png").read_bytes()[:4] == b"\x89PNG"
+    assert "0 test items gained, 0 lost" in comparison
+    assert "| nightly/2026-01-01 |" in comparison and "| tonight |" in comparison
+    assert (Path(second.published["comparison"]).parent / "trend.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -91,7 +97,8 @@ def test_credentials_never_reach_git_logs_or_reports(two_nights, project, storag
     first, _ = two_nights
     secret = storage.settings().secret_key
     assert secret not in first.output
-    for folder in (first.run_dir, first.workspace / "logs", first.workspace / "reports"):
+    for folder in (first.run_dir, first.workspace / "logs", first.workspace / "reports",
+                   first.workspace / "night"):
         for path in folder.rglob("*"):
             if path.is_file() and path.suffix in {".log", ".md", ".json", ".txt", ""}:
                 assert secret not in path.read_text(errors="replace"), path
