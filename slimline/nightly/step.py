@@ -10,7 +10,9 @@
 3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote;
 4. write this stage's result for the downstream tasks.
 
-Everything DVC and the stage print goes to stdout, which the runner streams into the task log.
+DVC runs in this process (its CLI entry point, slimline.nightly.commands.run_dvc_in_process):
+one DVC import per step instead of one per command. Everything DVC and the stage print goes to
+stdout, which the runner streams into the task log.
 An unreachable storage endpoint is retried with back-off inside the step (slimline.nightly.retry).
 Exit codes: 0 done, 2 bad input (the same input would fail again: do not retry),
 3 storage refused or unreachable, 1 anything else.
@@ -21,7 +23,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ import yaml
 
 from slimline.atomic import write_json
 from slimline.errors import SlimlineError
-from slimline.nightly.commands import end_group_on_sigterm, run_streaming
+from slimline.nightly.commands import end_group_on_sigterm, run_dvc_in_process
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
                                     with_retries)
@@ -98,15 +99,11 @@ def storage_reason(output: list[str], settings: S3Settings) -> str | None:
 
 
 def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[str]:
+    """Run `dvc <arguments>` (in this process: one DVC import per step, not one per command);
+    its output lines, or raise what went wrong, classified for retries and exit codes."""
     output: list[str] = []
-
-    def show(line: str) -> None:
-        output.append(line)
-        print(line, flush=True)
-
     print(f"$ dvc {' '.join(arguments)}", flush=True)
-    code = run_streaming(["dvc", *arguments], workspace, dict(os.environ), show, settings.secrets(),
-                         own_group=False)
+    code = run_dvc_in_process(arguments, workspace, output.append, settings.secrets())
     if code == 0:
         return output
     stage_exit = re.search(r"exited with (\d+)", "\n".join(output))
