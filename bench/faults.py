@@ -1,6 +1,6 @@
 """Every fault and bad input of docs/reliability.md, tried N times; prints the table from real runs.
 
-    python bench/faults.py [--repeat 3] [--out /tmp/slimline-faults] [--only soak]
+    python bench/faults.py [--repeat 3] [--out /tmp/slimline-faults] [--only soak "disk full" ...]
     python bench/faults.py --junit RUN.xml [RUN.xml ...]     # the table of pytest runs made already
 
 Each repetition runs all the fault tests in ONE pytest process (so each module starts its own
@@ -138,10 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/slimline-faults"))
-    parser.add_argument("--only", help="rows whose fault contains this text")
+    parser.add_argument("--only", nargs="+", help="rows whose fault contains one of these texts")
     parser.add_argument("--junit", type=Path, nargs="+", help="count these runs instead of running")
     args = parser.parse_args()
-    rows = [row for row in ROWS if not args.only or args.only in row.fault]
+    rows = [row for row in ROWS if not args.only or any(text in row.fault for text in args.only)]
     if args.junit:
         runs = [outcomes_of(path) for path in args.junit]
         print(table(rows, runs))

@@ -7,7 +7,8 @@
 2. `dvc repro --pull --single-item <stage>`: fetch missing deps from the remote, then either
    restore the stage from DVC's run cache (same code, params and deps ran before: nothing is
    recomputed) or run its command;
-3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote;
+3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote (the entry
+   written by save_run_cache_entry when DVC writes none);
 4. write this stage's result for the downstream tasks.
 
 DVC runs in this process (its CLI entry point, slimline.nightly.commands.run_dvc_in_process):
@@ -163,6 +164,20 @@ def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> 
     print(f"metrics of {stage} pushed: {', '.join(sorted(recorded))}", flush=True)
 
 
+def save_run_cache_entry(workspace: Path, stage: str) -> None:
+    """Record the stage that just ran in DVC's run cache, as `dvc commit` would.
+
+    `dvc repro` writes no run-cache entry for a stage with a `cache: false` output that is neither
+    a metric nor a plot (DVC 3.67, Stage.run): evaluate's metrics/predictions.json, kept in git so
+    the next night can pair against it. Without the entry evaluate ran again every night. The
+    entry names the outputs dvc.lock records; no output is touched.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        repo.stage_cache.save(repo.stage.collect(stage)[0])
+
+
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
     policy = RetryPolicy.from_env()
@@ -181,6 +196,8 @@ def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     output = retried(lambda: _dvc(["repro", "--pull", "--single-item", stage], workspace, settings),
                      "dvc repro --pull")
     reused = any(marker in line for line in output for marker in REUSED_MARKERS)
+    if not reused:
+        save_run_cache_entry(workspace, stage)
     retried(lambda: _dvc(["push", "--run-cache", stage], workspace, settings), "dvc push")
     retried(lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}")
     return stage_result(workspace, stage, reused)
