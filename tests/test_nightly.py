@@ -23,7 +23,7 @@ from slimline.nightly.step import apply_upstream
 from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
 # (test_containers.py and test_search_dag.py import these from here too)
-from tests.nightly_helpers import (BIN, TINY, UNTRAINED, Night, airflow_env, airflow_home,  # noqa: F401
+from tests.nightly_helpers import (BIN, ROOT, TINY, UNTRAINED, Night, airflow_env, airflow_home,  # noqa: F401
                                    git, nightly_tip, project, run_dag, storage, succeeded, tags,
                                    tree_digest)
 
@@ -229,3 +229,32 @@ def test_output_is_scrubbed_of_keys():
     settings = S3Settings(bucket="b", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")
     assert scrub("key AKIAEXAMPLE secret s3cr3t-value", settings.secrets()) == "key *** secret ***"
     assert "s3cr3t" not in repr(settings)
+
+
+def test_dvc_in_process_streams_the_stage_output_scrubbed_and_gives_its_exit(tmp_path):
+    """The step runs DVC in its own process: what the stage prints (a child of DVC, writing to the
+    inherited descriptors) and DVC's own error must still reach the task log in order, scrubbed,
+    with the exit readable as before; afterwards the step's stdout works again. Run as a step
+    runs, in a process of its own (under pytest, DVC's logger would write to pytest's capture)."""
+    git("init", "-q", cwd=tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  shout:\n    cmd: echo key-XYZ from the stage; echo to stderr >&2; exit 3\n")
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from slimline.nightly.commands import run_dvc_in_process\n"
+        "where = Path(sys.argv[1])\n"
+        "assert run_dvc_in_process(['init', '-q'], where, lambda line: None) == 0\n"
+        "lines = []\n"
+        "code = run_dvc_in_process(['repro', 'shout'], where, lines.append, ['key-XYZ'])\n"
+        "print(json.dumps({'code': code, 'lines': lines}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    echoed, last = done.stdout.rstrip().rsplit("\n", 1)
+    result = json.loads(last)  # the step's own print, after DVC: stdout is its own again
+    lines = result["lines"]
+    assert result["code"] != 0
+    assert lines.index("*** from the stage") < lines.index("to stderr")
+    assert any("exited with 3" in line for line in lines), lines  # what step.py classifies
+    assert "key-XYZ" not in done.stdout + done.stderr and "*** from the stage" in echoed

@@ -39,7 +39,8 @@ from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_re
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
 EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
-REUSED_MARKERS = ("is cached - skipping run", "didn't change, skipping", "Pulling data for")
+RESTORED_MARKER = "is cached - skipping run"  # restored from the run cache: its entry is here
+REUSED_MARKERS = (RESTORED_MARKER, "didn't change, skipping", "Pulling data for")
 S3_CODES = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|NoSuchBucket|"
                       r"Forbidden|ExpiredToken)\b")
 # Failures that waiting can fix: the endpoint is down, restarting or overloaded.
@@ -196,7 +197,7 @@ def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     output = retried(lambda: _dvc(["repro", "--pull", "--single-item", stage], workspace, settings),
                      "dvc repro --pull")
     reused = any(marker in line for line in output for marker in REUSED_MARKERS)
-    if not reused:
+    if not any(RESTORED_MARKER in line for line in output):  # ran now, or in a retried attempt
         save_run_cache_entry(workspace, stage)
     retried(lambda: _dvc(["push", "--run-cache", stage], workspace, settings), "dvc push")
     retried(lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}")
