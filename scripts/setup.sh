@@ -16,6 +16,9 @@ for folder in $(python3 -m pip config list 2>/dev/null | sed -n "s/^global.find-
 done
 
 [ -x .venv/bin/python ] || uv venv --quiet --python 3.11 .venv
-uv pip install --quiet --python .venv/bin/python "${find_links[@]}" -r requirements.lock
+# --compile-bytecode: uv installs no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set none
+# is ever written, so every process compiled what it imports (torch: 3.8 s of CPU instead of
+# 1.5 s; DVC: 0.7 s instead of 0.25 s) — and a night starts dozens of them.
+uv pip install --quiet --python .venv/bin/python "${find_links[@]}" --compile-bytecode -r requirements.lock
 uv pip install --quiet --python .venv/bin/python --no-deps -e .
 echo "setup: .venv ready ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from slimline.trend import COMPARISON_FILE  # noqa: E402
+
 
 def triangle_plot(rows: list[dict], path: Path) -> None:
     """Accuracy vs latency and accuracy vs size: the size / speed / accuracy triangle."""
@@ -103,7 +105,10 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
     lines += _table(["budget", "limit", "measured", "judged", "margin", "result"],
                     [[c.name, f"{c.budget:g} {c.unit}", f"{c.measured:.3f}", f"{c.judged:.3f}",
                       f"{c.margin:+.3f}", "pass" if c.passed else "FAIL"] for c in checks])
-    lines += ["", "## Plots", "", "![triangle](triangle.png)", "",
+    lines += ["", f"Night over night: a published night's comparison with the previous one (paired "
+              f"accuracy change, `dvc metrics diff`, trend) is `{COMPARISON_FILE}`, committed beside "
+              "`dvc.lock` on the versioning branch.", ""]
+    lines += ["## Plots", "", "![triangle](triangle.png)", "",
               f"![confusion matrix of {shipped}](confusion.png)", "",
               f"Per-class test accuracy of `{shipped}`: " +
               ", ".join(f"{label}: {100 * value:.1f}%" for label, value in enumerate(per_class)), ""]

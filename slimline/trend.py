@@ -2,6 +2,9 @@
 
 Evaluate records which test items the shipped model got right (`predictions.json`, kept in git
 beside the metrics), so a later night can compare on the same items with a paired interval.
+Publish writes that comparison into its own files (NIGHT_FOLDER, committed in git with dvc.lock),
+never into evaluate's report: a DVC output edited after its stage pushed it leaves the pushed
+version orphaned in the remote.
 """
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ import numpy as np
 
 from slimline.stats import paired_difference
 
+NIGHT_FOLDER = Path("night")  # publish's own output, in git on the versioning branch
+COMPARISON_FILE = NIGHT_FOLDER / "comparison.md"
+TREND_PLOT = NIGHT_FOLDER / "trend.png"
 TREND_KEYS = (("quantized.top1", "top-1 %", 100.0), ("quantized.size_mb", "size MB", 1.0),
               ("quantized.latency_p50_ms", "p50 ms", 1.0), ("quantized.speedup", "speed-up ×", 1.0),
               ("gate_passed", "gate", 1.0))
@@ -116,6 +122,7 @@ def nights_section(workspace: Path, previous: str | None) -> str:
         before = _git_json(workspace, previous, "metrics/predictions.json")
         if before is not None and current_predictions.is_file():
             lines += [compare_nights(before, json.loads(current_predictions.read_text())), ""]
-    lines.append(trend_section([*nights, ("tonight", current_metrics)],
-                               workspace / "reports" / "trend.png"))
+    plot = workspace / TREND_PLOT
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    lines.append(trend_section([*nights, ("tonight", current_metrics)], plot))
     return "\n".join(lines)

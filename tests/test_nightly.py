@@ -23,7 +23,7 @@ from slimline.nightly.step import apply_upstream
 from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
 # (test_containers.py and test_search_dag.py import these from here too)
-from tests.nightly_helpers import (BIN, TINY, UNTRAINED, Night, airflow_env, airflow_home,  # noqa: F401
+from tests.nightly_helpers import (BIN, ROOT, TINY, UNTRAINED, Night, airflow_env, airflow_home,  # noqa: F401
                                    git, nightly_tip, project, run_dag, storage, succeeded, tags,
                                    tree_digest)
 
@@ -56,14 +56,20 @@ def test_a_night_runs_every_stage_and_publishes(two_nights, project):
     assert published["tag"] == "nightly/2026-01-01"
     assert git("rev-parse", "nightly/2026-01-01^{commit}", cwd=project).strip() == published["commit"]
     committed = git("show", "--name-only", "--format=", published["commit"], cwd=project).split()
-    assert {"dvc.lock", "params.yaml", "metrics/evaluate.json"} <= set(committed)
+    assert {"dvc.lock", "params.yaml", "metrics/evaluate.json", "night/comparison.md",
+            "night/trend.png"} <= set(committed)
     # each stage's log: streamed into the Airflow task log, kept in the workspace (and the remote)
     for stage in stages:
         assert f"slimline.{stage} INFO stage {stage} started" in first.output
         assert (first.workspace / "logs" / f"{stage}.log").is_file()
         assert f"stage {stage} started" in (first.run_dir / "logs" / f"{stage}.log").read_text()
+    comparison = Path(published["comparison"]).read_text()
+    assert "## Compared with the previous night" in comparison and "first published night" in comparison
+    assert git("show", f"{published['tag']}:night/comparison.md", cwd=project) == comparison
+    # evaluate's report stays as evaluate pushed it (publish editing it orphaned objects) and
+    # says where the comparison is
     report = Path(published["report"]).read_text()
-    assert "## Compared with the previous night" in report and "first published night" in report
+    assert "Compared with the previous night" not in report and "`night/comparison.md`" in report
 
 
 @pytest.mark.slow
@@ -78,12 +84,12 @@ def test_a_second_night_with_nothing_changed_reuses_every_stage(two_nights, proj
                 == (first.workspace / "logs" / f"{stage}.log").read_text())
     assert second.published["tag"] == "nightly/2026-01-02"
     assert second.published["previous"] == first.published["commit"]
-    report = Path(second.published["report"]).read_text()
-    assert "against nightly/2026-01-01" in report
+    comparison = Path(second.published["comparison"]).read_text()
+    assert "against nightly/2026-01-01" in comparison
     # Same inputs, same predictions: the paired comparison sees no flips; the trend has both nights.
-    assert "0 test items gained, 0 lost" in report
-    assert "| nightly/2026-01-01 |" in report and "| tonight |" in report
-    assert (Path(second.published["report"]).parent / "trend.png").read_bytes()[:4] == b"\x89PNG"
+    assert "0 test items gained, 0 lost" in comparison
+    assert "| nightly/2026-01-01 |" in comparison and "| tonight |" in comparison
+    assert (Path(second.published["comparison"]).parent / "trend.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -91,7 +97,8 @@ def test_credentials_never_reach_git_logs_or_reports(two_nights, project, storag
     first, _ = two_nights
     secret = storage.settings().secret_key
     assert secret not in first.output
-    for folder in (first.run_dir, first.workspace / "logs", first.workspace / "reports"):
+    for folder in (first.run_dir, first.workspace / "logs", first.workspace / "reports",
+                   first.workspace / "night"):
         for path in folder.rglob("*"):
             if path.is_file() and path.suffix in {".log", ".md", ".json", ".txt", ""}:
                 assert secret not in path.read_text(errors="replace"), path
@@ -222,3 +229,32 @@ def test_output_is_scrubbed_of_keys():
     settings = S3Settings(bucket="b", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")
     assert scrub("key AKIAEXAMPLE secret s3cr3t-value", settings.secrets()) == "key *** secret ***"
     assert "s3cr3t" not in repr(settings)
+
+
+def test_dvc_in_process_streams_the_stage_output_scrubbed_and_gives_its_exit(tmp_path):
+    """The step runs DVC in its own process: what the stage prints (a child of DVC, writing to the
+    inherited descriptors) and DVC's own error must still reach the task log in order, scrubbed,
+    with the exit readable as before; afterwards the step's stdout works again. Run as a step
+    runs, in a process of its own (under pytest, DVC's logger would write to pytest's capture)."""
+    git("init", "-q", cwd=tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  shout:\n    cmd: echo key-XYZ from the stage; echo to stderr >&2; exit 3\n")
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from slimline.nightly.commands import run_dvc_in_process\n"
+        "where = Path(sys.argv[1])\n"
+        "assert run_dvc_in_process(['init', '-q'], where, lambda line: None) == 0\n"
+        "lines = []\n"
+        "code = run_dvc_in_process(['repro', 'shout'], where, lines.append, ['key-XYZ'])\n"
+        "print(json.dumps({'code': code, 'lines': lines}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    echoed, last = done.stdout.rstrip().rsplit("\n", 1)
+    result = json.loads(last)  # the step's own print, after DVC: stdout is its own again
+    lines = result["lines"]
+    assert result["code"] != 0
+    assert lines.index("*** from the stage") < lines.index("to stderr")
+    assert any("exited with 3" in line for line in lines), lines  # what step.py classifies
+    assert "key-XYZ" not in done.stdout + done.stderr and "*** from the stage" in echoed

@@ -4,8 +4,7 @@ the DAG runs (step per stage, then publish). Something changes on six of the ten
 nights do.
 
 Afterwards every tagged night must pull in a fresh clone, byte for byte what that night shipped,
-and the bucket must hold no missing object and no orphan but the known superseded reports
-(slimline.nightly.audit defines both; docs/reliability.md explains the reports).
+and the bucket must hold no missing and no orphaned object (slimline.nightly.audit defines both).
 """
 from __future__ import annotations
 
@@ -75,39 +74,19 @@ def test_every_tagged_night_pulls_in_a_fresh_clone_as_it_shipped(soak, project, 
     clone = pull_in_fresh_clone(project, soak[0].published["tag"], storage, tmp_path / "clone")
     for night in soak:
         pull_tag(clone, night.published["tag"], storage)
-        for folder in ("models/quantized", "reports", "data/prepared"):
+        for folder in ("models/quantized", "reports", "data/prepared", "night"):
             assert tree_digest(clone / folder) == tree_digest(night.workspace / folder), (night.run_id, folder)
-
-
-def superseded_reports(settings, orphans: list[str]) -> set[str]:
-    """The orphans that are evaluate's report as the step pushed it, before publish added the
-    comparison with the previous night and pushed the report again (see docs/reliability.md):
-    a `reports` .dir manifest and the report.md only it lists."""
-    import json
-
-    from slimline.nightly.storage import _client
-
-    client, found = _client(settings), set()
-    for key in (k for k in orphans if k.endswith(".dir")):
-        manifest = json.loads(client.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
-        files = {item["relpath"]: item["md5"] for item in manifest}
-        if "report.md" in files and "triangle.png" in files:
-            report = files["report.md"]
-            found |= {key, f"{settings.prefix}/files/md5/{report[:2]}/{report[2:]}"}
-    return found
+        # the report is evaluate's as its step pushed it; the comparison (night/) is publish's, in git
+        assert "Compared with the previous night" not in (clone / "reports" / "report.md").read_text()
 
 
 @pytest.mark.slow
-def test_the_bucket_holds_no_missing_object_and_no_orphan_but_superseded_reports(soak, project,
-                                                                                 storage):
+def test_the_bucket_holds_no_missing_and_no_orphaned_object(soak, project, storage):
     audit = audit_remote(project, storage.settings())
     assert audit.tags == tags(project)
-    assert not audit.missing and not audit.strays, (audit.summary(), audit.missing, audit.strays[:5])
-    # Known leftover (docs/reliability.md): each night evaluate computes leaves its pre-comparison
-    # report (a manifest + report.md) unreferenced. Anything else orphaned fails.
-    assert set(audit.orphans) <= superseded_reports(storage.settings(), audit.orphans), audit.orphans
+    assert audit.clean, (audit.summary(), audit.missing, audit.orphans[:5], audit.strays[:5])
+    # a run-cache entry per computation: each stage but evaluate at both seeds, each evaluate
     computed_evaluates = len({(seed(i), i // 2) for i in range(NIGHTS)})
-    assert len(audit.orphans) <= 2 * computed_evaluates, audit.summary()
     stages = len(load_pipeline(project / "dvc.yaml"))
     assert audit.run_cache_entries >= 2 * (stages - 1) + computed_evaluates
     print(f"\n{audit.summary()}")

@@ -1,10 +1,13 @@
 """Publish a run that passed evaluate's gate: the last task of the nightly DAG.
 
-1. push every artifact (and the run cache) to the DVC remote, so nothing tagged is missing there;
-2. compare with the previous night (`dvc metrics diff`) and add that to the report;
-3. commit dvc.lock, params.yaml and the metrics to the versioning branch (default `nightly`) —
-   first parent the previous night, second parent the source revision — and tag the night
-   `nightly/YYYY-MM-DD` (`.2`, `.3`... when it is re-run the same day).
+1. compare with the previous night (paired accuracy change, `dvc metrics diff`, the trend) and
+   write that to publish's own file, night/comparison.md (+ night/trend.png), never into
+   evaluate's report: editing a DVC output after its stage pushed it would orphan the pushed
+   version in the remote;
+2. push every artifact (and the run cache) to the DVC remote, so nothing tagged is missing there;
+3. commit dvc.lock, params.yaml, the metrics and night/ to the versioning branch (default
+   `nightly`) — first parent the previous night, second parent the source revision — and tag the
+   night `nightly/YYYY-MM-DD` (`.2`, `.3`... when it is re-run the same day).
 
 The branch moves by compare-and-swap, so two runs publishing at once both land, one after the
 other, each compared with the night before it. A fresh clone can `git checkout <tag>` and
@@ -31,11 +34,12 @@ from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_re
                                     with_retries)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
 from slimline.nightly.step import UNREACHABLE_REASON, apply_upstream, storage_reason
-from slimline.trend import night_tag, nights_section
+from slimline.trend import COMPARISON_FILE, TREND_PLOT, night_tag, nights_section
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
 COMPARISON_HEADING = "## Compared with the previous night"
+COMPARISON_TITLE = "# Slimline night over night"
 ZERO_OID = "0" * 40
 ATTEMPTS = 5
 
@@ -48,6 +52,7 @@ class Published:
     previous: str | None
     workspace: str
     report: str
+    comparison: str
     stage_logs: str
     task_logs: str
     model: str
@@ -91,11 +96,13 @@ def comparison_section(workspace: Path, previous: str | None, previous_name: str
             f"({previous[:10]}):\n\n{table}\n")
 
 
-def add_comparison(workspace: Path, section: str) -> None:
-    report = workspace / REPORT
-    text = report.read_text() if report.is_file() else "# Slimline nightly report\n"
-    text = text.split(f"\n{COMPARISON_HEADING}\n")[0].rstrip("\n")  # idempotent on retries
-    write_text(report, f"{text}\n\n{section}")
+def write_comparison(workspace: Path, section: str) -> Path:
+    """night/comparison.md: publish's own output (in git), rewritten whole on every attempt."""
+    path = workspace / COMPARISON_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, f"{COMPARISON_TITLE}\n\nThe night's models, gate and lineage: `{REPORT}` "
+                     f"(a DVC output: `dvc pull {REPORT.parent}`).\n\n{section}")
+    return path
 
 
 def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
@@ -128,8 +135,9 @@ def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
 
 
 def _tracked_outputs(workspace: Path) -> list[str]:
-    """Files that live in git rather than in the DVC cache: the lock, params, metrics."""
-    paths = ["dvc.lock", "params.yaml"]
+    """Files that live in git rather than in the DVC cache: the lock, params, metrics, and
+    publish's own comparison with the previous night."""
+    paths = ["dvc.lock", "params.yaml", str(COMPARISON_FILE), str(TREND_PLOT)]
     for stage in load_pipeline(workspace / "dvc.yaml").values():
         paths += [out.path for out in stage.outputs if not out.cached and (workspace / out.path).exists()]
     return paths
@@ -173,11 +181,9 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
         previous = branch_tip(repo, branch)
         previous_tag = night_tag(repo, previous) if previous else None
         section = comparison_section(workspace, previous, previous_tag or f"the tip of {branch}")
-        add_comparison(workspace, section)
+        comparison = write_comparison(workspace, section)
         write_text(run_dir / "comparison.md", section)
         on_line(section)
-        # The report changed after evaluate wrote it: record its new hash, then push everything.
-        run_quiet(["dvc", "commit", "--force", "--quiet"], workspace, what="dvc commit")
         _dvc_remote(["push", "--run-cache"], workspace, settings, on_line)
         commit = _commit(workspace, previous, f"nightly {date}: run {run_id}")
         moved = subprocess.run(["git", "update-ref", "-m", f"slimline nightly {run_id}",
@@ -194,7 +200,7 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
                   what=f"git push to {git_remote}")
     published = Published(
         tag=tag, commit=commit, branch=branch, previous=previous, workspace=str(workspace),
-        report=str(workspace / REPORT), stage_logs=str(workspace / "logs"),
+        report=str(workspace / REPORT), comparison=str(comparison), stage_logs=str(workspace / "logs"),
         task_logs=str(run_dir / "logs"), model=str(workspace / shipped_model_path(workspace)),
         remote=settings.where)
     write_json(run_dir / "published.json", asdict(published))
@@ -232,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     except SlimlineError as exc:
         print(f"slimline nightly: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STORAGE if " to s3://" in str(exc) or str(exc).startswith("storage") else EXIT_BAD_INPUT)
-    print(f"publish: tagged {published.tag} ({published.commit[:10]}) on branch {published.branch}", flush=True)
+    print(f"publish: tagged {published.tag} ({published.commit[:10]}) on branch {published.branch}; "
+          f"comparison with the previous night: {published.comparison}", flush=True)
 
 
 if __name__ == "__main__":

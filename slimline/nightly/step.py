@@ -7,10 +7,13 @@
 2. `dvc repro --pull --single-item <stage>`: fetch missing deps from the remote, then either
    restore the stage from DVC's run cache (same code, params and deps ran before: nothing is
    recomputed) or run its command;
-3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote;
+3. `dvc push --run-cache <stage>`: its outputs and run-cache entry go to the remote (the entry
+   written by save_run_cache_entry when DVC writes none);
 4. write this stage's result for the downstream tasks.
 
-Everything DVC and the stage print goes to stdout, which the runner streams into the task log.
+DVC runs in this process (its CLI entry point, slimline.nightly.commands.run_dvc_in_process):
+one DVC import per step instead of one per command. Everything DVC and the stage print goes to
+stdout, which the runner streams into the task log.
 An unreachable storage endpoint is retried with back-off inside the step (slimline.nightly.retry).
 Exit codes: 0 done, 2 bad input (the same input would fail again: do not retry),
 3 storage refused or unreachable, 1 anything else.
@@ -21,7 +24,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -30,14 +32,15 @@ import yaml
 
 from slimline.atomic import write_json
 from slimline.errors import SlimlineError
-from slimline.nightly.commands import end_group_on_sigterm, run_streaming
+from slimline.nightly.commands import end_group_on_sigterm, run_dvc_in_process
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
                                     with_retries)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
 EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
-REUSED_MARKERS = ("is cached - skipping run", "didn't change, skipping", "Pulling data for")
+RESTORED_MARKER = "is cached - skipping run"  # restored from the run cache: its entry is here
+REUSED_MARKERS = (RESTORED_MARKER, "didn't change, skipping", "Pulling data for")
 S3_CODES = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|NoSuchBucket|"
                       r"Forbidden|ExpiredToken)\b")
 # Failures that waiting can fix: the endpoint is down, restarting or overloaded.
@@ -98,15 +101,11 @@ def storage_reason(output: list[str], settings: S3Settings) -> str | None:
 
 
 def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[str]:
+    """Run `dvc <arguments>` (in this process: one DVC import per step, not one per command);
+    its output lines, or raise what went wrong, classified for retries and exit codes."""
     output: list[str] = []
-
-    def show(line: str) -> None:
-        output.append(line)
-        print(line, flush=True)
-
     print(f"$ dvc {' '.join(arguments)}", flush=True)
-    code = run_streaming(["dvc", *arguments], workspace, dict(os.environ), show, settings.secrets(),
-                         own_group=False)
+    code = run_dvc_in_process(arguments, workspace, output.append, settings.secrets())
     if code == 0:
         return output
     stage_exit = re.search(r"exited with (\d+)", "\n".join(output))
@@ -166,6 +165,20 @@ def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> 
     print(f"metrics of {stage} pushed: {', '.join(sorted(recorded))}", flush=True)
 
 
+def save_run_cache_entry(workspace: Path, stage: str) -> None:
+    """Record the stage that just ran in DVC's run cache, as `dvc commit` would.
+
+    `dvc repro` writes no run-cache entry for a stage with a `cache: false` output that is neither
+    a metric nor a plot (DVC 3.67, Stage.run): evaluate's metrics/predictions.json, kept in git so
+    the next night can pair against it. Without the entry evaluate ran again every night. The
+    entry names the outputs dvc.lock records; no output is touched.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        repo.stage_cache.save(repo.stage.collect(stage)[0])
+
+
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
     policy = RetryPolicy.from_env()
@@ -184,6 +197,8 @@ def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     output = retried(lambda: _dvc(["repro", "--pull", "--single-item", stage], workspace, settings),
                      "dvc repro --pull")
     reused = any(marker in line for line in output for marker in REUSED_MARKERS)
+    if not any(RESTORED_MARKER in line for line in output):  # ran now, or in a retried attempt
+        save_run_cache_entry(workspace, stage)
     retried(lambda: _dvc(["push", "--run-cache", stage], workspace, settings), "dvc push")
     retried(lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}")
     return stage_result(workspace, stage, reused)

@@ -1,7 +1,8 @@
 """Where a run's results are: `python -m slimline.nightly.summary --run-id ID [--state-dir DIR]`.
 
-Prints the published tag, the report, the stage logs, the task logs and the shipped model of one
-run, and how to fetch that model elsewhere — or why nothing was published.
+Prints the published tag, the report, the comparison with the previous night, the stage logs, the
+task logs and the shipped model of one run, and how to fetch that model elsewhere — or why
+nothing was published.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
         return True, "\n".join([
             f"published: {info['tag']} (commit {info['commit'][:10]} on branch {info['branch']})",
             f"report:    {info['report']}",
+            f"compared:  {info.get('comparison', '(not recorded)')} (with the previous night; "
+            f"in git on {info['branch']})",
             f"stage logs: {info['stage_logs']}/<stage>.log",
             f"task logs: {info['task_logs']}/<task>.log (every command each task ran)",
             f"model:     {info['model']} (in the remote: {info['remote']})",

@@ -168,8 +168,9 @@ def publish(project: str, **context) -> dict:
             raise AirflowSkipException(f"publish: {exc}") from None
         raise RuntimeError(f"publish: {exc}") from None
     published = json.loads((workspace.run_dir / "published.json").read_text())
-    log.info("published %s: report %s, stage logs %s, model %s", published["tag"],
-             published["report"], published["stage_logs"], published["model"])
+    log.info("published %s: report %s, comparison with the previous night %s, stage logs %s, "
+             "model %s", published["tag"], published["report"], published["comparison"],
+             published["stage_logs"], published["model"])
     return published
 
 
