@@ -59,9 +59,10 @@ class Space:
     def sample(self, trial: optuna.Trial) -> dict:
         """One point of the space, as params.yaml overrides."""
         quantize = trial.suggest_categorical("quantize_scheme", list(self.schemes))
+        # Stepped floats come back as 0.6000000000000001; recipes end up in profiles: round them.
         recipe = {
             "prune": {"enabled": True,
-                      "keep_ratio": trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05),
+                      "keep_ratio": round(trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05), 2),
                       "importance": trial.suggest_categorical("importance",
                                                               ["l1", "l2", "bn_scale", "taylor"])},
             "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
@@ -71,8 +72,8 @@ class Space:
         }
         if recipe["decompose"]["enabled"]:
             low, high, step = DECOMPOSE_RANGES[self.rank_rule]
-            recipe["decompose"].update({"rank_rule": self.rank_rule, self.rank_rule:
-                                        trial.suggest_float(self.rank_rule, low, high, step=step)})
+            strength = round(trial.suggest_float(self.rank_rule, low, high, step=step), 2)
+            recipe["decompose"].update({"rank_rule": self.rank_rule, self.rank_rule: strength})
         if quantize != "none":
             recipe["quantize"]["scheme"] = quantize
         if quantize == "static":
