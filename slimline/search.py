@@ -1,7 +1,7 @@
 """Budget-driven search over the joint space of the four techniques.
 
 Optuna's NSGA-II sampler proposes recipes (keep ratio and importance criterion, decomposition
-energy, distillation on/off, quantization scheme and calibration method); every candidate runs
+strength, distillation on/off, quantization scheme and calibration method); every candidate runs
 the real stages and is measured for real on the validation split (accuracy) and in ONNX Runtime
 (batch-1 latency interleaved with the teacher, file size). Trials live in a SQLite study on disk,
 so an interrupted search resumes where it stopped.
