@@ -34,6 +34,7 @@ TECHNIQUE_STAGES = (("prune", "pruned"), ("decompose", "decomposed"), ("distill"
 OBJECTIVES = ("val_top1", "latency_ms", "size_mb")   # maximise, minimise, minimise
 
 
+KEEP_RATIO_RANGE = (0.3, 0.8, 0.05)   # (low, high, step)
 # The decomposition knob the search varies is the one params.yaml's rank_rule uses: (low, high, step).
 DECOMPOSE_RANGES = {"energy": (0.8, 0.99, 0.01), "param_reduction": (0.2, 0.8, 0.05)}
 
@@ -60,9 +61,10 @@ class Space:
         """One point of the space, as params.yaml overrides."""
         quantize = trial.suggest_categorical("quantize_scheme", list(self.schemes))
         # Stepped floats come back as 0.6000000000000001; recipes end up in profiles: round them.
+        low, high, step = KEEP_RATIO_RANGE
         recipe = {
             "prune": {"enabled": True,
-                      "keep_ratio": round(trial.suggest_float("keep_ratio", 0.3, 0.8, step=0.05), 2),
+                      "keep_ratio": round(trial.suggest_float("keep_ratio", low, high, step=step), 2),
                       "importance": trial.suggest_categorical("importance",
                                                               ["l1", "l2", "bn_scale", "taylor"])},
             "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
@@ -89,7 +91,7 @@ class Space:
         if not prune["enabled"] or quantize not in self.schemes:
             return None
         point = {"quantize_scheme": quantize, "importance": prune["importance"],
-                 "keep_ratio": _snap(prune["keep_ratio"], 0.3, 0.8, 0.05),
+                 "keep_ratio": _snap(prune["keep_ratio"], *KEEP_RATIO_RANGE),
                  "decompose": decompose["enabled"], "distill": params["distill"]["enabled"]}
         if decompose["enabled"]:
             point[self.rank_rule] = _snap(decompose[self.rank_rule], *DECOMPOSE_RANGES[self.rank_rule])
