@@ -12,6 +12,15 @@ import numpy as np  # noqa: E402
 from slimline.trend import COMPARISON_FILE  # noqa: E402
 
 
+def label_lifts(points: list[tuple[float, float]], near: float = 0.06) -> list[int]:
+    """How many label lines to lift each point's label, so labels of models on (nearly) the same
+    point stack instead of overprinting: a point is near an earlier one within `near` of the span."""
+    xs, ys = zip(*points)
+    x_span, y_span = max(max(xs) - min(xs), 1e-9), max(max(ys) - min(ys), 1e-9)
+    return [sum(abs(x - xs[j]) <= near * x_span and abs(y - ys[j]) <= near * y_span
+                for j in range(i)) for i, (x, y) in enumerate(points)]
+
+
 def triangle_plot(rows: list[dict], path: Path) -> None:
     """Accuracy vs latency and accuracy vs size: the size / speed / accuracy triangle."""
     # A switched-off or skipped stage's pass-through copy would sit exactly on its input's point.
@@ -20,11 +29,12 @@ def triangle_plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, key, label in ((axes[0], "latency_p50_ms", "batch-1 latency p50 (ms, ONNX Runtime)"),
                              (axes[1], "size_mb", "ONNX file size (MB)")):
-        for row in rows:
-            axis.scatter(row[key], 100 * row["top1"], s=50)
-            axis.annotate(row["name"], (row[key], 100 * row["top1"]), textcoords="offset points",
-                          xytext=(5, 4), fontsize=9)
-        axis.set_xlim(left=0, right=1.15 * max(row[key] for row in rows))
+        points = [(row[key], 100 * row["top1"]) for row in rows]
+        for row, point, lift in zip(rows, points, label_lifts(points)):
+            axis.scatter(*point, s=50)
+            axis.annotate(row["name"], point, textcoords="offset points", xytext=(5, 4 + 11 * lift),
+                          fontsize=9)
+        axis.set_xlim(left=0, right=1.15 * max(x for x, _ in points))
         axis.set_xlabel(label)
         axis.set_ylabel("test top-1 (%)")
         axis.grid(alpha=0.3)

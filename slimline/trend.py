@@ -18,8 +18,8 @@ NIGHT_FOLDER = Path("night")  # publish's own output, in git on the versioning b
 COMPARISON_FILE = NIGHT_FOLDER / "comparison.md"
 TREND_PLOT = NIGHT_FOLDER / "trend.png"
 TREND_KEYS = (("quantized.top1", "top-1 %", 100.0), ("quantized.size_mb", "size MB", 1.0),
-              ("quantized.latency_p50_ms", "p50 ms", 1.0), ("quantized.speedup", "speed-up ×", 1.0),
-              ("gate_passed", "gate", 1.0))
+              ("quantized.latency_p50_ms", "p50 ms", 1.0), ("quantized.speedup", "speed-up ×", 1.0))
+GATE_KEY = "gate_passed"  # evaluate stores it as 1 / 0 (a DVC metric must be a number)
 
 
 def predictions_record(labels: np.ndarray, predictions: np.ndarray, test_sha256: str) -> dict:
@@ -41,9 +41,11 @@ def compare_nights(previous: dict, current: dict, confidence: float = 0.95) -> s
 
 
 def _cell(value, scale: float) -> str:
-    if isinstance(value, bool):
-        return "pass" if value else "fail"
     return f"{value * scale:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def _gate_cell(value) -> str:
+    return "–" if value is None else ("pass" if value else "fail")
 
 
 def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
@@ -53,10 +55,11 @@ def trend_section(nights: list[tuple[str, dict]], plot_path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    header = "| night | " + " | ".join(label for _, label, _ in TREND_KEYS) + " |"
-    lines = ["## Trend over the last nights", "", header, "|" + "---|" * (len(TREND_KEYS) + 1)]
+    header = "| night | " + " | ".join(label for _, label, _ in TREND_KEYS) + " | gate |"
+    lines = ["## Trend over the last nights", "", header, "|" + "---|" * (len(TREND_KEYS) + 2)]
     for tag, metrics in nights:
         cells = [_cell(metrics.get(key), scale) for key, _, scale in TREND_KEYS]
+        cells.append(_gate_cell(metrics.get(GATE_KEY)))
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for axis, (key, label, scale) in zip(axes, TREND_KEYS[:3]):

@@ -97,9 +97,20 @@ def test_night_over_night_is_paired_on_the_same_items(tmp_path):
     assert "-5.0 points" in text and "3 test items gained, 8 lost" in text
     assert "cannot be paired" in compare_nights(predictions_record(labels, before, "a"),
                                                 predictions_record(labels, after, "b"))
-    section = trend_section([("nightly/2026-11-26", {"quantized.top1": 0.98, "gate_passed": True}),
-                             ("nightly/2026-11-27", {"quantized.top1": 0.97, "gate_passed": False})],
+    # evaluate's flat metrics hold the gate as a number, 1 or 0; a night before the gate has none
+    section = trend_section([("nightly/2026-11-25", {"quantized.top1": 0.99}),
+                             ("nightly/2026-11-26", {"quantized.top1": 0.98, "gate_passed": 1}),
+                             ("nightly/2026-11-27", {"quantized.top1": 0.97, "gate_passed": 0})],
                             tmp_path / "trend.png")
-    assert "| nightly/2026-11-27 | 97.000 |" in section
-    assert section.count(" | pass |") == 1 and section.count(" | fail |") == 1
+    assert "| nightly/2026-11-27 | 97.000 | – | – | – | fail |" in section
+    assert "| nightly/2026-11-26 | 98.000 | – | – | – | pass |" in section
+    assert "| nightly/2026-11-25 | 99.000 | – | – | – | – |" in section
     assert (tmp_path / "trend.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_labels_of_models_on_the_same_point_are_stacked():
+    from slimline.report import label_lifts
+
+    # decomposed, distilled (a copy on the same point) and quantized (elsewhere), then one near
+    points = [(1.336, 98.0), (1.336, 98.0), (0.784, 98.0), (4.9, 98.1), (1.30, 98.0)]
+    assert label_lifts(points) == [0, 1, 0, 0, 2]
