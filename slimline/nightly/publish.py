@@ -34,7 +34,7 @@ from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_re
                                     with_retries)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote
 from slimline.nightly.step import UNREACHABLE_REASON, apply_upstream, storage_reason
-from slimline.trend import COMPARISON_FILE, TREND_PLOT, night_tag, nights_section
+from slimline.trend import COMPARISON_FILE, GATE_KEY, TREND_PLOT, night_tag, nights_section
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
@@ -65,10 +65,10 @@ def gate_verdict(workspace: Path) -> tuple[bool, str]:
     if not path.is_file():
         raise SlimlineError(f"publish: {GATE_METRICS} is missing in {workspace}; did evaluate run?")
     metrics = json.loads(path.read_text())
-    if "gate_passed" not in metrics:
-        return True, f"{GATE_METRICS} has no gate_passed key: treated as passed"
-    passed = bool(metrics["gate_passed"])
-    return passed, f"evaluate's gate {'passed' if passed else 'failed'} ({GATE_METRICS}: gate_passed = {metrics['gate_passed']})"
+    if GATE_KEY not in metrics:
+        return True, f"{GATE_METRICS} has no {GATE_KEY} key: treated as passed"
+    passed = bool(metrics[GATE_KEY])
+    return passed, f"evaluate's gate {'passed' if passed else 'failed'} ({GATE_METRICS}: {GATE_KEY} = {metrics[GATE_KEY]})"
 
 
 def git_identity() -> dict[str, str]:
