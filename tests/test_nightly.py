@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimline.nightly.publish import gate_verdict
+from slimline.errors import SlimlineError
+from slimline.nightly.publish import branch_tip, follow_published_branch, gate_verdict
 from slimline.nightly.step import apply_upstream
 from slimline.nightly.storage import S3Settings, check_access, scrub
 from slimline.nightly.workspace import run_key
@@ -209,6 +210,31 @@ def test_publish_follows_the_gate_and_treats_a_missing_verdict_as_passed(tmp_pat
         passed, why = gate_verdict(tmp_path)
         assert passed is expected
     assert "no gate_passed key: treated as passed" in why
+
+
+def test_a_fresh_clone_continues_the_published_branch_instead_of_starting_its_own(tmp_path):
+    published = tmp_path / "published"
+    published.mkdir()
+    for args in (["init", "--quiet", "--initial-branch", "main"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "code"],
+                 ["branch", "nightly"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "more code"]):
+        git(*args, cwd=published)
+    night = branch_tip(published, "nightly")
+    clone, single = tmp_path / "clone", tmp_path / "single"
+    git("clone", "--quiet", str(published), str(clone), cwd=tmp_path)
+    git("clone", "--quiet", "--single-branch", str(published), str(single), cwd=tmp_path)
+    assert branch_tip(clone, "nightly") is None and branch_tip(single, "nightly", "refs/remotes/origin") is None
+
+    follow_published_branch(clone, "nightly", git_remote=None)        # from origin's copy
+    follow_published_branch(single, "nightly", git_remote=str(published))  # fetched
+    assert branch_tip(clone, "nightly") == branch_tip(single, "nightly") == night
+
+    git("branch", "--quiet", "--delete", "nightly", cwd=single)
+    follow_published_branch(single, "versions", git_remote=str(published))  # no night there yet
+    assert branch_tip(single, "versions") is None
+    with pytest.raises(SlimlineError, match=r"^publish: git fetch nightly from .*missing failed: "):
+        follow_published_branch(single, "nightly", git_remote=str(tmp_path / "missing"))
 
 
 def test_upstream_results_rebuild_the_lock_and_metrics_on_another_machine(tmp_path):

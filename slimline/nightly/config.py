@@ -4,7 +4,8 @@
   SLIMLINE_STATE_DIR             workspaces, run logs, the embedded storage (default <repo>/.nightly)
   SLIMLINE_SOURCE_REF            the git revision each night builds (default HEAD)
   SLIMLINE_PUBLISH_BRANCH        the versioning branch (default nightly)
-  SLIMLINE_GIT_REMOTE            also push the branch and tags there (default: none)
+  SLIMLINE_GIT_REMOTE            also push the branch and tags there, and start a missing local
+                                 branch from its copy (default: none; origin's copy if cloned)
   SLIMLINE_KEEP_RUNS             run worktrees kept on disk (default 14; the remote keeps all)
   SLIMLINE_RUNNER                local (default), docker or kubernetes; the Airflow Variable
                                  slimline_runner wins (their settings: slimline/nightly/containers.py)

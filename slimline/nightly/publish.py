@@ -78,10 +78,33 @@ def git_identity() -> dict[str, str]:
             "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
 
 
-def branch_tip(repo: Path, branch: str) -> str | None:
-    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+def branch_tip(repo: Path, branch: str, ref_prefix: str = "refs/heads") -> str | None:
+    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref_prefix}/{branch}"],
                             cwd=repo, capture_output=True, text=True)
     return result.stdout.strip() or None
+
+
+def follow_published_branch(repo: Path, branch: str, git_remote: str | None) -> None:
+    """Start a missing local versioning branch where the published one is.
+
+    A fresh clone has the branch only as origin's (or on the remote it publishes to). Starting a
+    new branch instead would compare tonight with nothing and make the push a second, unrelated
+    history that the remote refuses.
+    """
+    if branch_tip(repo, branch):
+        return
+    if git_remote:
+        fetched = subprocess.run(["git", "fetch", "--quiet", git_remote,
+                                  f"refs/heads/{branch}:refs/heads/{branch}"],
+                                 cwd=repo, capture_output=True, text=True)
+        # A remote without the branch has had no night yet: tonight starts it.
+        if fetched.returncode != 0 and "couldn't find remote ref" not in fetched.stderr:
+            reason = (fetched.stderr.strip().splitlines() or [f"exit {fetched.returncode}"])[0]
+            raise SlimlineError(f"publish: git fetch {branch} from {git_remote} failed: {reason}")
+        return
+    cloned = branch_tip(repo, branch, ref_prefix="refs/remotes/origin")
+    if cloned:
+        run_quiet(["git", "update-ref", f"refs/heads/{branch}", cloned, ZERO_OID], repo)
 
 
 def comparison_section(workspace: Path, previous: str | None, previous_name: str) -> str:
@@ -177,6 +200,7 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
             git_remote: str | None = None) -> Published:
     repo = workspace  # a worktree shares its repository's branches and tags
     configure_dvc_remote(workspace, settings)
+    follow_published_branch(repo, branch, git_remote)
     for attempt in range(ATTEMPTS):
         previous = branch_tip(repo, branch)
         previous_tag = night_tag(repo, previous) if previous else None
