@@ -103,8 +103,9 @@ def follow_published_branch(repo: Path, branch: str, git_remote: str | None) -> 
             raise SlimlineError(f"publish: git fetch {branch} from {git_remote} failed: {reason}")
         return
     cloned = branch_tip(repo, branch, ref_prefix="refs/remotes/origin")
-    if cloned:
-        run_quiet(["git", "update-ref", f"refs/heads/{branch}", cloned, ZERO_OID], repo)
+    if cloned:  # (fails only if a run publishing beside this one created the branch first: fine)
+        subprocess.run(["git", "update-ref", f"refs/heads/{branch}", cloned, ZERO_OID], cwd=repo,
+                       capture_output=True)
 
 
 def comparison_section(workspace: Path, previous: str | None, previous_name: str) -> str:
