@@ -215,16 +215,16 @@ def test_publish_follows_the_gate_and_treats_a_missing_verdict_as_passed(tmp_pat
 def test_a_fresh_clone_continues_the_published_branch_instead_of_starting_its_own(tmp_path):
     published = tmp_path / "published"
     published.mkdir()
-    for args in (["init", "--quiet", "--initial-branch", "main"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "code"],
-                 ["branch", "nightly"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "more code"]):
+    commit = ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m"]
+    for args in (["init", "--quiet", "--initial-branch", "main"], [*commit, "code"],
+                 ["branch", "nightly"], [*commit, "more code"]):
         git(*args, cwd=published)
     night = branch_tip(published, "nightly")
     clone, single = tmp_path / "clone", tmp_path / "single"
     git("clone", "--quiet", str(published), str(clone), cwd=tmp_path)
     git("clone", "--quiet", "--single-branch", str(published), str(single), cwd=tmp_path)
-    assert branch_tip(clone, "nightly") is None and branch_tip(single, "nightly", "refs/remotes/origin") is None
+    assert branch_tip(clone, "nightly") is None
+    assert branch_tip(single, "nightly", ref_prefix="refs/remotes/origin") is None
 
     follow_published_branch(clone, "nightly", git_remote=None)        # from origin's copy
     follow_published_branch(single, "nightly", git_remote=str(published))  # fetched
