@@ -233,7 +233,8 @@ def test_a_fresh_clone_continues_the_published_branch_instead_of_starting_its_ow
     git("branch", "--quiet", "--delete", "nightly", cwd=single)
     follow_published_branch(single, "versions", git_remote=str(published))  # no night there yet
     assert branch_tip(single, "versions") is None
-    with pytest.raises(SlimlineError, match=r"^publish: git fetch nightly from .*missing failed: "):
+    with pytest.raises(SlimlineError, match=r"^publish: git fetch nightly from .*missing failed in "
+                                            r".*: fatal: .* does not appear to be a git repository$"):
         follow_published_branch(single, "nightly", git_remote=str(tmp_path / "missing"))
 
 

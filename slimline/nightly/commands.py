@@ -86,8 +86,12 @@ def run_quiet(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     """Run a short command (git, dvc config); return stdout, or raise one line naming what failed."""
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        detail = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        reason = detail[-1].strip() if detail else f"exit {result.returncode}"
+        detail = [line.strip() for line in (result.stderr + result.stdout).splitlines()
+                  if line.strip()]
+        # git ends a failed network call with advice ("...and the repository exists."): the
+        # cause is its first fatal:/error: line.
+        causes = [line for line in detail if line.startswith(("fatal:", "error:"))]
+        reason = (causes[:1] or detail[-1:] or [f"exit {result.returncode}"])[0]
         raise SlimlineError(f"{what or ' '.join(command[:3])} failed in {cwd}: {reason}")
     return result.stdout
 

@@ -94,13 +94,13 @@ def follow_published_branch(repo: Path, branch: str, git_remote: str | None) -> 
     if branch_tip(repo, branch):
         return
     if git_remote:
-        fetched = subprocess.run(["git", "fetch", "--quiet", git_remote,
-                                  f"refs/heads/{branch}:refs/heads/{branch}"],
-                                 cwd=repo, capture_output=True, text=True)
-        # A remote without the branch has had no night yet: tonight starts it.
-        if fetched.returncode != 0 and "couldn't find remote ref" not in fetched.stderr:
-            reason = (fetched.stderr.strip().splitlines() or [f"exit {fetched.returncode}"])[0]
-            raise SlimlineError(f"publish: git fetch {branch} from {git_remote} failed: {reason}")
+        try:
+            run_quiet(["git", "fetch", "--quiet", git_remote,
+                       f"refs/heads/{branch}:refs/heads/{branch}"],
+                      repo, what=f"publish: git fetch {branch} from {git_remote}")
+        except SlimlineError as exc:
+            if "couldn't find remote ref" not in str(exc):  # else the remote has had no night yet
+                raise
         return
     cloned = branch_tip(repo, branch, ref_prefix="refs/remotes/origin")
     if cloned:  # (fails only if a run publishing beside this one created the branch first: fine)
