@@ -12,13 +12,25 @@ import numpy as np  # noqa: E402
 from slimline.trend import COMPARISON_FILE  # noqa: E402
 
 
-def label_lifts(points: list[tuple[float, float]], near: float = 0.06) -> list[int]:
-    """How many label lines to lift each point's label, so labels of models on (nearly) the same
-    point stack instead of overprinting: a point is near an earlier one within `near` of the span."""
+X_AXIS_MARGIN = 1.15  # the triangle plot's x axis runs from 0 to this times the largest x
+
+
+def label_lifts(points: list[tuple[float, float]], label_width: float = 0.15,
+                near_y: float = 0.06) -> list[int]:
+    """How many label lines to lift each point's label, so labels that would overprint stack.
+
+    A label runs right of its point for about `label_width` of the x axis, so two labels collide
+    when their points are that close in x and within `near_y` of the y span. Each label takes the
+    lowest line no colliding earlier label holds.
+    """
     xs, ys = zip(*points)
-    x_span, y_span = max(max(xs) - min(xs), 1e-9), max(max(ys) - min(ys), 1e-9)
-    return [sum(abs(x - xs[j]) <= near * x_span and abs(y - ys[j]) <= near * y_span
-                for j in range(i)) for i, (x, y) in enumerate(points)]
+    x_axis, y_span = max(X_AXIS_MARGIN * max(xs), 1e-9), max(max(ys) - min(ys), 1e-9)
+    lifts: list[int] = []
+    for x, y in points:
+        taken = {lift for lift, (x0, y0) in zip(lifts, points)
+                 if abs(x - x0) <= label_width * x_axis and abs(y - y0) <= near_y * y_span}
+        lifts.append(min(set(range(len(taken) + 1)) - taken))
+    return lifts
 
 
 def triangle_plot(rows: list[dict], path: Path) -> None:
@@ -34,7 +46,7 @@ def triangle_plot(rows: list[dict], path: Path) -> None:
             axis.scatter(*point, s=50)
             axis.annotate(row["name"], point, textcoords="offset points", xytext=(5, 4 + 11 * lift),
                           fontsize=9)
-        axis.set_xlim(left=0, right=1.15 * max(x for x, _ in points))
+        axis.set_xlim(left=0, right=X_AXIS_MARGIN * max(x for x, _ in points))
         axis.set_xlabel(label)
         axis.set_ylabel("test top-1 (%)")
         axis.grid(alpha=0.3)

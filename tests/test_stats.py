@@ -111,6 +111,13 @@ def test_night_over_night_is_paired_on_the_same_items(tmp_path):
 def test_labels_of_models_on_the_same_point_are_stacked():
     from slimline.report import label_lifts
 
-    # decomposed, distilled (a copy on the same point) and quantized (elsewhere), then one near
+    # decomposed, distilled (a copy on the same point), quantized (left of them at the same
+    # accuracy: its label runs into theirs), the teacher (elsewhere), then one near the first
     points = [(1.336, 98.0), (1.336, 98.0), (0.784, 98.0), (4.9, 98.1), (1.30, 98.0)]
-    assert label_lifts(points) == [0, 1, 0, 0, 2]
+    assert label_lifts(points) == [0, 1, 2, 0, 3]
+    # the 2026-11-29 night: quantized 0.27 ms left of decomposed on a 2.7 ms axis overprinted
+    teacher, pruned, decomposed, quantized = (2.343, 98.0), (0.538, 98.3), (0.513, 98.2), (0.240, 98.2)
+    assert label_lifts([teacher, pruned, decomposed, quantized]) == [0, 0, 0, 1]
+    # a label takes the lowest free line: C collides with B only, so it goes back to A's line
+    far, a, b, c = (10.0, 1.0), (0.0, 1.0), (1.5, 1.0), (3.0, 1.0)  # axis 11.5: labels 1.7 wide
+    assert label_lifts([far, a, b, c]) == [0, 0, 1, 0]
