@@ -3,7 +3,8 @@
     setup_workspace -> prepare -> prune -> decompose -> distill -> quantize -> evaluate -> publish
 
 Wiring only: the tasks come from dvc.yaml (add a stage there and it gets a task), the work is in
-slimline.nightly. Run-time overrides go in dag_run.conf, validated like params.yaml before any work:
+slimline.nightly. Run-time overrides go in dag_run.conf; whoever triggers is not trusted, so they
+may set technique knobs only (slimline/nightly/overrides.py), checked before any work:
 
     airflow dags trigger slimline_nightly --conf '{"overrides": {"prune.keep_ratio": 0.6}}'
 
@@ -20,7 +21,9 @@ from airflow.sdk import DAG, Param
 
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
+from slimline.nightly.overrides import trigger_schema
 from slimline.nightly.pipeline import final_stages, load_pipeline
+from slimline.profiles import PROFILES_DIR, available_profiles
 
 PROJECT = Path(__file__).resolve().parents[1]
 config = NightlyConfig.from_env(default_repo=PROJECT)
@@ -39,9 +42,11 @@ with DAG(
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(hours=1),
     },
-    params={"overrides": Param({}, type="object", description=(
-        "params.yaml overrides for this run, nested or dotted: "
-        '{"prune.keep_ratio": 0.6} or {"prepare": {"train": {"epochs": 2}}}'))},
+    params={"overrides": Param({}, **trigger_schema(available_profiles(config.repo / PROFILES_DIR)),
+                               description=(
+        "params.yaml overrides for this run, nested or dotted: technique knobs (numbers, booleans, "
+        'choices) and target, e.g. {"prune.keep_ratio": 0.6} or {"prepare": {"train": '
+        '{"epochs": 2}}}; keys naming code, files or data sources are refused'))},
     tags=["slimline", "dvc"],
 ) as dag:
     project = {"project": str(config.repo)}

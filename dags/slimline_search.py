@@ -23,6 +23,7 @@ from airflow.sdk import DAG, Param
 
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
+from slimline.nightly.overrides import trigger_schema
 from slimline.profiles import PROFILES_DIR, available_profiles
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -42,15 +43,17 @@ with DAG(
                         description="profile whose budgets the pick must meet"),
         "minutes": Param(30, type="number", exclusiveMinimum=0, description="wall-clock budget"),
         "max_trials": Param(20, type="integer", minimum=1, description="stop after this many trials"),
-        "write_profile": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9_-]+$",
+        "write_profile": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9][A-Za-z0-9_-]*$",
                                description="write the pick as profiles/<name>.yaml"),
-        "overrides": Param({}, type="object", description="params.yaml overrides, as in slimline_nightly"),
+        "overrides": Param({}, **trigger_schema(targets),
+                           description="params.yaml overrides: technique knobs, as in slimline_nightly"),
     },
     tags=["slimline", "search"],
 ) as dag:
     project = {"project": str(config.repo)}
     setup = PythonOperator(task_id=tasks.SETUP_TASK, python_callable=tasks.setup_workspace,
-                           op_kwargs=project, execution_timeout=timedelta(minutes=15))
+                           op_kwargs={**project, "for_search": True},
+                           execution_timeout=timedelta(minutes=15))
     prepare = PythonOperator(task_id="prepare", python_callable=tasks.run_stage,
                              op_kwargs={**project, "stage": "prepare"},
                              execution_timeout=config.timeout_for("prepare"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main command: run the nightly DAG once, end to end, on the embedded default.
 #
-#   bash scripts/nightly.sh ['{"prune.keep_ratio": 0.6}']     (optional params overrides, JSON)
+#   bash scripts/nightly.sh ['{"prune.keep_ratio": 0.6}']     (optional params overrides, JSON:
+#                                                             technique knobs and target only)
 #
 # Sets up .venv, starts SeaweedFS on 127.0.0.1 (credentials required; skipped when SLIMLINE_S3_BUCKET
 # points at another S3 endpoint), prepares Airflow's SQLite database, runs the DAG with
@@ -13,6 +14,9 @@ overrides="${1:-"{}"}"
 
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# Whoever triggers may only set technique knobs: a refused override is one line and exit 2, before
+# anything starts (the DAG's setup_workspace checks it again).
+python -m slimline.nightly.trigger "$overrides" || exit 2
 state="${SLIMLINE_STATE_DIR:-$PWD/.nightly}"
 mkdir -p "$state"
 

@@ -8,6 +8,7 @@ knob the profile sets, edit the profile or run without a target.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -16,6 +17,7 @@ from slimline.errors import SlimlineError
 from slimline.params import GateParams, Params, Section, deep_merge, describe_error, read_yaml
 
 PROFILES_DIR = "profiles"
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")   # a file stem, never a path
 
 
 class Profile(Section):
@@ -29,6 +31,9 @@ def available_profiles(directory: Path) -> list[str]:
 
 
 def load_profile(directory: Path, name: str, source: str = "params.yaml") -> Profile:
+    if not PROFILE_NAME.match(name):
+        raise SlimlineError(f"{source}: target = {name!r} is not allowed: a profile is named by its "
+                            "bare file name in profiles/ (letters, digits, '_' and '-'), not a path")
     path = directory / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(available_profiles(directory)) or "none"

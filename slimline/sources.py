@@ -15,6 +15,7 @@ import numpy as np
 from slimline.data import DEFAULT_INPUT, Inputs, load_mnist
 from slimline.errors import SlimlineError
 from slimline.params import DataParams, PreprocessParams
+from slimline.paths import project_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -175,15 +176,17 @@ def text_file(path: Path, config: DataParams, model_dir: Path | None) -> Dataset
 
 
 def load_dataset(config: DataParams, base: Path, model_dir: Path | None = None) -> Dataset:
-    """The whole data set of `config.source`; relative paths are relative to `base`
-    (the folder of params.yaml). Text needs the model's folder (`model_dir`) for its tokenizer."""
+    """The whole data set of `config.source`; relative paths are relative to `base` (the folder of
+    params.yaml) and stay inside it (slimline/paths.py). Text needs the model's folder
+    (`model_dir`) for its tokenizer."""
     if config.source == "mnist":
         images, labels = load_mnist()
         return Dataset({DEFAULT_INPUT: images}, labels, [str(digit) for digit in range(10)])
+    if config.source == "factory":
+        return factory(config)
+    path = project_path(base, config.path, "data.path")
     if config.source == "image_folder":
-        return image_folder(base / config.path, config.preprocess)
+        return image_folder(path, config.preprocess)
     if config.source == "npz":
-        return npz_file(base / config.path, config)
-    if config.source == "text":
-        return text_file(base / config.path, config, model_dir)
-    return factory(config)
+        return npz_file(path, config)
+    return text_file(path, config, model_dir)

@@ -48,6 +48,12 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
         to_file = logging.FileHandler(log_file, mode="w")
         to_file.setFormatter(logging.Formatter(*layout))
         logger.addHandler(to_file)
+    # Library warnings (torch's notes on pickles, deprecations) go to the stage log, never to
+    # stderr, where the one-line error is all a user should have to read.
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers = list(logger.handlers)
+    warnings_logger.propagate = False
     return logger
 
 

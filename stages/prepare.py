@@ -13,6 +13,7 @@ from pathlib import Path
 from slimline.atomic import atomic_dir
 from slimline.data import check_split, save_split, split_dataset
 from slimline.errors import SlimlineError
+from slimline.paths import project_path
 from slimline.sources import load_dataset
 from slimline.stage import run_stage, write_metrics
 
@@ -41,7 +42,7 @@ def torch_teacher(args, params, splits, log) -> dict:
     log.info("teacher: %s %s, %d parameters", architecture, arguments, parameters)
     started = time.perf_counter()
     if config.weights is not None:
-        weights = args.params.parent / config.weights
+        weights = project_path(args.params.parent, config.weights, "model.weights")
         load_weights(teacher, weights)
         log.info("teacher weights loaded from %s (model.weights): not trained here", weights)
     else:
@@ -71,7 +72,7 @@ def huggingface_teacher(args, params, splits, log) -> dict:
     from slimline.teacher import check_outputs
     from slimline.train import accuracy, fit, forward, to_tensors
 
-    config, folder = params.model, args.params.parent / params.model.path
+    config, folder = params.model, project_path(args.params.parent, params.model.path, "model.path")
     teacher, transformer_config, task = load_pretrained(folder, None if config.task == "auto" else config.task)
     with torch.no_grad():
         outputs = forward(teacher, to_tensors(splits["val"].head(2)))
@@ -140,7 +141,8 @@ def main(args, params, log):
     from slimline.train import seed_everything
 
     seed_everything(params.seed)
-    model_dir = args.params.parent / params.model.path if params.model.source == "huggingface" else None
+    model_dir = (project_path(args.params.parent, params.model.path, "model.path")
+                 if params.model.source == "huggingface" else None)
     dataset = load_dataset(params.data, args.params.parent, model_dir)
     for note in dataset.notes:
         log.info("data: %s", note)
@@ -153,7 +155,7 @@ def main(args, params, log):
         from slimline.measure import load_onnx
         from slimline.teacher import match_onnx_inputs, onnx_graph_inputs
 
-        graph_path = args.params.parent / params.model.onnx
+        graph_path = project_path(args.params.parent, params.model.onnx, "model.onnx")
         if not graph_path.is_file():
             raise SlimlineError(f"model.onnx = {graph_path}: file not found")
         graph_inputs = onnx_graph_inputs(load_onnx(graph_path))
@@ -174,7 +176,8 @@ def main(args, params, log):
         if params.data.source == "text" and params.data.text.pairs:
             from slimline.text_data import save_pairs
 
-            count = save_pairs(args.params.parent / params.data.text.pairs, params.data.text, model_dir, tmp)
+            pairs = project_path(args.params.parent, params.data.text.pairs, "data.text.pairs")
+            count = save_pairs(pairs, params.data.text, model_dir, tmp)
             log.info("data: %d labelled pairs from %s (data.text.pairs) for the embedding evaluation",
                      count, params.data.text.pairs)
 

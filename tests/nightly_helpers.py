@@ -198,10 +198,12 @@ def run_night_direct(project: Path, settings: S3Settings, run_id: str, date: str
     cost per task, so a soak of many nights fits the CI budget. Stops at the first failed task.
     `before_publish(night)` runs just before publish (e.g. to stop the storage)."""
     from slimline.nightly.pipeline import load_pipeline
+    from slimline.nightly.trigger import params_with_overrides
     from slimline.nightly.workspace import ensure_workspace, resolve_revision
 
-    workspace = ensure_workspace(project, project / ".nightly", run_id, resolve_revision(project),
-                                 overrides)
+    revision = resolve_revision(project)
+    params = params_with_overrides(project, revision, overrides) if overrides else None
+    workspace = ensure_workspace(project, project / ".nightly", run_id, revision, params)
     night = DirectNight(run_id, date, workspace.root, workspace.run_dir)
     night.exchange.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -215,6 +215,13 @@ def few_shapes(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("few") / "shapes", per_class=6, size=16)
 
 
+@pytest.fixture(autouse=True)
+def shared_data_root(few_shapes, monkeypatch):
+    """The module's shared image folder lies outside each test's project folder: a data root the
+    deployment allows (SLIMLINE_DATA_ROOTS; paths in params.yaml stay inside the project otherwise)."""
+    monkeypatch.setenv("SLIMLINE_DATA_ROOTS", str(few_shapes.parent))
+
+
 SMALL = {"val_size": 4, "test_size": 4, "calibration_size": 2}
 
 

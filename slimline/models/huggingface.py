@@ -1,7 +1,8 @@
 """A Hugging Face transformer (encoder or sequence classifier) from a local directory.
 
-The line never downloads: every load is `local_files_only` and the hub is switched offline
-before transformers is imported. The artifact's recipe carries the model's config as JSON, so a
+The line never downloads and never runs code from the folder: every load is `local_files_only`,
+`trust_remote_code=False` and safetensors only (a pickled pytorch_model.bin is refused), and the
+hub is switched offline before transformers is imported. The artifact's recipe carries the model's config as JSON, so a
 compressed model rebuilds from the recipe alone (config -> skeleton -> structural edits ->
 safetensors weights); the user's directory is read once, by prepare.
 
@@ -29,8 +30,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 TASKS = ("classification", "embedding")
 # The graph's named inputs and their dynamic axes (both share one batch and one sequence length).
 TEXT_AXES = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
 
@@ -122,6 +123,11 @@ def check_model_directory(path: str | Path) -> Path:
     if not (path / "config.json").is_file():
         raise SlimlineError(f"{path}: not a Hugging Face model directory (no config.json)")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
+        if any((path / name).is_file() for name in PICKLED_WEIGHT_FILES):
+            # A pickle runs code when it is loaded; the line never unpickles a user's file.
+            raise SlimlineError(f"{path}: the weights are a pickled pytorch_model.bin, which the line "
+                                "does not load; convert them to safetensors once, where you trust "
+                                "the file (model.save_pretrained(folder, safe_serialization=True))")
         raise SlimlineError(f"{path}: Hugging Face model directory has no weights "
                             f"(none of {', '.join(WEIGHT_FILES)})")
     return path
@@ -132,14 +138,17 @@ def load_pretrained(path: str | Path, task: str | None = None) -> tuple[TextMode
     path = check_model_directory(path)
     transformers = _quiet_transformers()
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                                         trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise SlimlineError(f"{path / 'config.json'}: not a readable Hugging Face config "
                             f"({str(exc).splitlines()[0][:200]})") from None
     task = task or infer_task(config)
     auto, options = _auto_class(config, task)
     try:
-        transformer = auto.from_pretrained(str(path), local_files_only=True, **options)
+        # safetensors only and no code from the folder: loading a model never runs code.
+        transformer = auto.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                           trust_remote_code=False, **options)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise SlimlineError(f"{path}: cannot load the Hugging Face model "
                             f"({str(exc).strip().splitlines()[0][:200]})") from None
@@ -163,7 +172,8 @@ def load_tokenizer(path: str | Path):
                             f"{', '.join(TOKENIZER_FILES)}; save it with tokenizer.save_pretrained)")
     transformers = _quiet_transformers()
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                                          trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SlimlineError(f"{path}: cannot load the tokenizer "
                             f"({str(exc).strip().splitlines()[0][:200]})") from None

@@ -1,23 +1,113 @@
-"""Run-time params overrides (dag_run.conf / DAG params), validated exactly like params.yaml.
+"""Run-time params overrides (dag_run.conf, the DAG's `overrides` param, nightly.sh's JSON).
 
-An override is a mapping merged into params.yaml, nested or with dotted keys, or both:
+Whoever triggers a run is not trusted (docs/reliability.md, "Threat model"): an override may tune
+technique knobs, never name code, a file or where the model and data come from. So overrides are
+an allow-list derived from the params schema:
+
+* allowed: numbers, booleans and enums (a `Literal`), lists of numbers, the layer names the
+  techniques look up in the model (`prune.exclude`, `decompose.exclude`, `decompose.ranks`), and
+  `target` as the bare name of a profile in the repository's profiles/;
+* refused, with one line naming the key and why: anything naming code (`*.factory`,
+  `*.factory_args`), a path (`data.path`, `model.path`, `model.onnx`, `model.weights`,
+  `data.text.pairs`), a source switch (`data.source`, `model.source`) and every other free-form
+  string or mapping (column names, array keys).
+
+The deployment (never the conf) can allow more keys: SLIMLINE_OVERRIDES_ALLOW holds
+comma-separated dotted keys or fnmatch patterns, e.g. "data.text.text_column,model.task".
+
+Overrides are given nested or with dotted keys, or both:
 
     {"prune": {"keep_ratio": 0.6}}      {"prune.keep_ratio": 0.6, "model.widths": [8, 16, 32]}
 
-Mappings merge key by key; anything else (numbers, lists) replaces the value. The merged result
-goes through slimline.params.parse_params, so a wrong type or an unknown key stops the run before
-any work with the same one-line message a bad params.yaml gives.
+Mappings merge key by key; anything else replaces the value. The merged result goes through
+slimline.params.parse_params, so a wrong type or an out-of-range value stops the run before any
+work with the same one-line message a bad params.yaml gives.
 """
 from __future__ import annotations
 
+import fnmatch
+import os
+import types
+import typing
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, Union
 
-import yaml
+from pydantic import BaseModel
 
 from slimline.errors import SlimlineError
-from slimline.params import deep_merge, parse_params
+from slimline.params import Params, deep_merge, parse_params
+from slimline.profiles import PROFILE_NAME, available_profiles
 
 SOURCE = "run overrides"
+ALLOW_VARIABLE = "SLIMLINE_OVERRIDES_ALLOW"
+
+# Keys whose values are module names of the model: looked up, never imported or opened.
+LAYER_NAME_KEYS = {"prune.exclude", "decompose.exclude", "decompose.ranks"}
+SOURCE_KEYS = {"data.source", "model.source"}
+PATH_KEYS = {"data.path", "model.path", "model.onnx", "model.weights", "data.text.pairs"}
+
+
+def _unwrap(annotation) -> list:
+    """The alternatives of an annotation, without Annotated, Optional and None."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [alt for arg in typing.get_args(annotation) for alt in _unwrap(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _is_number_or_flag(annotation) -> bool:
+    return annotation in (bool, int, float) or typing.get_origin(annotation) is Literal
+
+
+def _refusal(key: str, annotation) -> str | None:
+    """Why a trigger may not set this leaf key, or None for a technique knob."""
+    if key.endswith("factory"):
+        return "it names code to import and run"
+    if key.endswith("factory_args"):
+        return "it passes arguments to the code a factory names"
+    if key in PATH_KEYS:
+        return "it names a file to read"
+    if key in SOURCE_KEYS:
+        return "it switches where the data or the model come from"
+    if key in LAYER_NAME_KEYS:
+        return None
+    alternatives = _unwrap(annotation)
+    for alternative in alternatives:
+        if typing.get_origin(alternative) is list:
+            if all(_is_number_or_flag(item) for item in _unwrap(typing.get_args(alternative)[0])):
+                continue
+        elif _is_number_or_flag(alternative):
+            continue
+        return "it is free-form text or a mapping, not a technique knob"
+    return None
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> annotation of every leaf field of a params section, recursively."""
+    leaves = {}
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            leaves.update(_leaf_keys(annotation, f"{key}."))
+        else:
+            leaves[key] = annotation
+    return leaves
+
+
+@lru_cache(maxsize=1)
+def refusals() -> dict[str, str | None]:
+    """Every params leaf key -> why a trigger may not set it (None: an allowed knob)."""
+    return {key: _refusal(key, annotation) for key, annotation in _leaf_keys(Params).items()
+            if key != "target"}
+
+
+def deployment_allow(env: dict | None = None) -> list[str]:
+    """The keys (or fnmatch patterns) the deployment allows beyond the default knobs."""
+    raw = (os.environ if env is None else env).get(ALLOW_VARIABLE, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 def _nest(overrides: dict) -> dict:
@@ -39,26 +129,95 @@ def _nest(overrides: dict) -> dict:
     return nested
 
 
-def merge_overrides(params: dict, overrides: dict | None, profiles: Path | None = None) -> dict:
-    """params.yaml's mapping with the overrides applied, validated; raises SlimlineError."""
+def _set_keys(nested: dict, prefix: str = "") -> list[str]:
+    """The dotted keys an override sets: down to the schema's leaves (a leaf's own mapping value,
+    say factory_args, is the value); keys the schema does not know are returned as they are."""
+    keys = []
+    policy = refusals()
+    for name, value in nested.items():
+        key = f"{prefix}{name}"
+        if key in policy or key == "target" or not isinstance(value, dict):
+            keys.append(key)
+        else:
+            keys.extend(_set_keys(value, f"{key}."))
+    return keys
+
+
+def check_allowed(nested: dict, profiles: list[str], allow: list[str] | None = None) -> None:
+    """Refuse (SlimlineError, one line) the first key a trigger may not set."""
+    allow = deployment_allow() if allow is None else allow
+    policy = refusals()
+    for key in _set_keys(nested):
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in allow):
+            continue
+        if key == "target":
+            check_target(nested["target"], profiles)
+            continue
+        if key not in policy:
+            # Unknown keys and whole sections given a non-mapping: the schema says it best.
+            continue
+        reason = policy[key]
+        if reason is not None:
+            raise SlimlineError(f"{SOURCE}: {key} is refused: {reason}; a run's trigger may only set "
+                                f"technique knobs (the deployment can allow more in {ALLOW_VARIABLE})")
+
+
+def check_target(name, profiles: list[str]) -> None:
+    """`target` from a trigger: null, or the bare name of one of the repository's profiles."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not PROFILE_NAME.match(name):
+        raise SlimlineError(f"{SOURCE}: target = {name!r} is refused: a profile is named by its bare "
+                            "name (letters, digits, '_' and '-'), never a path")
+    if name not in profiles:
+        raise SlimlineError(f"{SOURCE}: target = {name!r} is refused: no such profile in profiles/ "
+                            f"(known: {', '.join(profiles) or 'none'})")
+
+
+def merge_overrides(params: dict, overrides: dict | None, profiles_dir: Path | None = None) -> dict:
+    """params.yaml's mapping with a trigger's overrides applied, checked against the allow-list
+    and validated (a `target` is folded in from `profiles_dir`); raises SlimlineError."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
         raise SlimlineError(f"{SOURCE}: expected a mapping of params, got {type(overrides).__name__}")
-    merged = deep_merge(params or {}, _nest(overrides))
-    parse_params(merged, SOURCE, profiles)  # a `target` override is checked against profiles/ too
+    nested = _nest(overrides)
+    check_allowed(nested, available_profiles(profiles_dir) if profiles_dir else [])
+    merged = deep_merge(params or {}, nested)
+    parse_params(merged, SOURCE, profiles_dir)
     return merged
 
 
-def apply_overrides(params_file: Path, overrides: dict | None) -> bool:
-    """Rewrite params_file with the overrides merged in; returns whether anything was overridden.
+def _leaf_schemas() -> dict[str, dict]:
+    """Dotted key -> JSON schema of every params leaf (types, ranges, enums), from the params schema."""
+    schema = Params.model_json_schema()
+    sections = schema["$defs"]
 
-    With no overrides the file is left byte-for-byte alone (its comments are the documentation).
-    """
-    raw = yaml.safe_load(params_file.read_text()) or {}
-    merged = merge_overrides(raw, overrides, params_file.parent / "profiles")
-    if not overrides:
-        return False
-    params_file.write_text("# params.yaml with this run's overrides applied (see dag_run.conf)\n"
-                           + yaml.safe_dump(merged, sort_keys=False))
-    return True
+    def walk(properties: dict, prefix: str):
+        for name, prop in properties.items():
+            ref = prop.get("$ref")
+            if ref:
+                yield from walk(sections[ref.rsplit("/", 1)[-1]]["properties"], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", {k: v for k, v in prop.items() if k not in ("default", "title")}
+    return dict(walk(schema["properties"], ""))
+
+
+def trigger_schema(profiles: list[str], allow: list[str] | None = None) -> dict:
+    """The JSON schema of the `overrides` DAG param: the allowed keys, nested or dotted, with their
+    types and ranges, so the trigger form shows the rules and refuses the rest."""
+    allow = deployment_allow() if allow is None else allow
+    policy = refusals()
+    leaves = {key: schema for key, schema in _leaf_schemas().items()
+              if key != "target" and (policy.get(key) is None
+                                      or any(fnmatch.fnmatchcase(key, p) for p in allow))}
+    leaves["target"] = {"type": ["string", "null"], "enum": [*profiles, None]}
+    nested: dict = {}
+    for key, schema in leaves.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {"type": "object", "additionalProperties": False,
+                                          "properties": {}})["properties"]
+        node[leaf] = schema
+    return {"type": "object", "additionalProperties": False, "properties": {**nested, **leaves}}

@@ -23,8 +23,8 @@ from slimline.nightly.config import NightlyConfig
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
 from slimline.nightly.storage import S3Settings, check_access
-from slimline.nightly.workspace import (ensure_workspace, params_with_overrides,
-                                        remove_old_workspaces, resolve_revision)
+from slimline.nightly.trigger import check_search, params_with_overrides
+from slimline.nightly.workspace import ensure_workspace, remove_old_workspaces, resolve_revision
 
 log = logging.getLogger("slimline.nightly")
 SETUP_TASK = "setup_workspace"
@@ -78,13 +78,18 @@ def _night(context) -> str:
     return when.strftime("%Y-%m-%d")
 
 
-def setup_workspace(project: str, **context) -> dict:
+def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
+    """Check the trigger's input (the form's schema can be bypassed through the API), the runner
+    and the storage, then create the run's worktree. `for_search`: the slimline_search DAG's setup."""
     config = _config(project)
-    overrides = (context["params"] or {}).get("overrides") or {}
+    settings = context["params"] or {}
+    overrides = settings.get("overrides") or {}
     run_id = context["run_id"]
     try:
         revision = resolve_revision(config.repo, config.source_ref)
-        params_with_overrides(config.repo, revision, overrides)  # before any work
+        params = params_with_overrides(config.repo, revision, overrides) if overrides else None
+        if for_search:
+            check_search(config.repo, revision, settings)
         get_runner(_runner_name(config))
         settings = storage_settings(config)
         check_access(settings)
@@ -92,7 +97,7 @@ def setup_workspace(project: str, **context) -> dict:
         if "cannot reach" in str(exc):
             raise  # storage down may come back: let the retries have a go
         raise AirflowFailException(str(exc)) from None
-    workspace = ensure_workspace(config.repo, config.state_dir, run_id, revision, overrides)
+    workspace = ensure_workspace(config.repo, config.state_dir, run_id, revision, params)
     removed = remove_old_workspaces(config.state_dir, config.repo, config.keep_runs, workspace.key)
     log.info("run %s builds %s (%s) in %s; overrides: %s; storage: %s; old workspaces removed: %s",
              run_id, config.source_ref, revision[:10], workspace.root, overrides or "none",
@@ -103,8 +108,9 @@ def setup_workspace(project: str, **context) -> dict:
 
 def _workspace_for(context, config: NightlyConfig):
     setup = context["ti"].xcom_pull(task_ids=SETUP_TASK)
-    return ensure_workspace(config.repo, config.state_dir, setup["run_id"], setup["revision"],
-                            setup["overrides"])
+    params = (params_with_overrides(config.repo, setup["revision"], setup["overrides"])
+              if setup["overrides"] else None)
+    return ensure_workspace(config.repo, config.state_dir, setup["run_id"], setup["revision"], params)
 
 
 def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace) -> None:

@@ -20,7 +20,6 @@ import yaml
 
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_quiet
-from slimline.nightly.overrides import merge_overrides
 
 
 def run_key(run_id: str) -> str:
@@ -48,12 +47,6 @@ def resolve_revision(repo: Path, ref: str = "HEAD") -> str:
                      what=f"resolving git revision {ref!r}").strip()
 
 
-def params_with_overrides(repo: Path, revision: str, overrides: dict | None) -> dict:
-    """The revision's params.yaml with the overrides merged in, validated (SlimlineError if not)."""
-    text = run_quiet(["git", "show", f"{revision}:params.yaml"], repo, what="reading params.yaml")
-    return merge_overrides(yaml.safe_load(text) or {}, overrides)
-
-
 def _is_worktree_at(path: Path, revision: str) -> bool:
     if not (path / ".git").exists():
         return False
@@ -62,8 +55,9 @@ def _is_worktree_at(path: Path, revision: str) -> bool:
 
 
 def ensure_workspace(repo: Path, state_dir: Path, run_id: str, revision: str,
-                     overrides: dict | None) -> Workspace:
-    """Create the run's worktree, or reuse it (a retried task, a second task on this machine).
+                     params: dict | None) -> Workspace:
+    """Create the run's worktree, or reuse it (a retried task, a second task on this machine);
+    `params`, when the run has overrides, is its params.yaml (slimline.nightly.trigger made it).
 
     Idempotent on purpose: any task of the run can call it, so tasks could land on different
     machines that share nothing but the git repository and the DVC remote.
@@ -81,8 +75,7 @@ def ensure_workspace(repo: Path, state_dir: Path, run_id: str, revision: str,
         root.parent.mkdir(parents=True, exist_ok=True)
         run_quiet(["git", "worktree", "add", "--detach", str(root), revision], repo,
                   what="creating the run's git worktree")
-    if overrides:
-        params = params_with_overrides(repo, revision, overrides)
+    if params:
         (root / "params.yaml").write_text(
             "# params.yaml of this run: the committed file with the run's overrides applied\n"
             + yaml.safe_dump(params, sort_keys=False))
