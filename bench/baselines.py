@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -48,7 +46,9 @@ def run(command: list[str], log_to: Path, reuse: Path | None = None) -> float:
         result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode:
         tail = log_to.read_text().strip().splitlines()[-3:]
-        raise SystemExit(f"bench: {command[2]} failed ({result.returncode}); see {log_to}:\n" + "\n".join(tail))
+        raise SystemExit(
+            f"bench: {command[2]} failed ({result.returncode}); see {log_to}:\n" + "\n".join(tail)
+        )
     return time.perf_counter() - started
 
 
@@ -57,22 +57,33 @@ def torch_pruning_baseline(teacher_dir: Path, data: Path, target: Path, seed: in
     import torch
     import torch_pruning as tp
 
-    from slimline.artifact import load_model, write_artifact
-    from slimline.data import load_split
-    from slimline.params import TrainParams
-    from slimline.recipe import resize_edits
-    from slimline.train import fit, seed_everything
+    from slimline.artifact.edits import resize_edits
+    from slimline.artifact.store import load_model, write_artifact
+    from slimline.config.params import TrainParams
+    from slimline.data.splits import load_split
+    from slimline.training.loop import fit, seed_everything
 
     seed_everything(seed)
     teacher, recipe = load_model(teacher_dir)
     model = copy.deepcopy(teacher)
     train, val = load_split(data / "train.npz"), load_split(data / "val.npz")
     example = torch.from_numpy(val.images[:1])
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=0.5, ignored_layers=[model.fc])
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.5,
+        ignored_layers=[model.fc],
+    )
     pruner.step()
-    fit(model, train, TrainParams(epochs=2, learning_rate=0.01), seed=seed, description="tp fine-tune",
-        log=lambda message: None)
+    fit(
+        model,
+        train,
+        TrainParams(epochs=2, learning_rate=0.01),
+        seed=seed,
+        description="tp fine-tune",
+        log=lambda message: None,
+    )
     edited = recipe.derive("torch-pruning L1 50% + 2 epochs", edits=resize_edits(teacher, model))
     write_artifact(target, model, edited, val.images[:64], tolerance=1e-3)
 
@@ -94,9 +105,10 @@ def build_baselines(teacher: Path, data: Path, params: Path, work: Path, seed: i
     run(command, work / "tp50.stdout", reuse=work / "tp50+ft+int8" if reuse else None)
     built["tp50+ft+int8"] = Built(
         work / "tp50+ft+int8",
-        "torch_pruning.MagnitudePruner(p=1, ratio 0.5) + slimline.train.fit(2 epochs, lr 0.01) in "
-        "bench/baselines.py; then " + shlex.join(command[1:]),
-        time.perf_counter() - started)
+        "torch_pruning.MagnitudePruner(p=1, ratio 0.5) + slimline.training.loop.fit(2 epochs, "
+        "lr 0.01) in bench/baselines.py; then " + shlex.join(command[1:]),
+        time.perf_counter() - started,
+    )
     return built
 
 
@@ -109,20 +121,31 @@ class Measured:
 
 def measure_all(models: dict[str, Path], data: Path, runs: int) -> dict[str, Measured]:
     """Test top-1, file size and batch-1 p50 of every model, timed in ONE interleaved run."""
-    from slimline.data import load_split
-    from slimline.measure import file_size, onnx_accuracy, time_interleaved
-    from slimline.runtime import make_session
+    from slimline.data.splits import load_split
+    from slimline.measure.graph import file_size
+    from slimline.measure.latency import time_interleaved
+    from slimline.measure.runtime import make_session, onnx_accuracy
 
     test = load_split(data / "test.npz")
     sessions = {name: make_session(path / "model.onnx") for name, path in models.items()}
-    print(f"\ntiming {len(sessions)} models interleaved: {runs} batch-1 runs each, one thread ...", flush=True)
+    print(
+        f"\ntiming {len(sessions)} models interleaved: {runs} batch-1 runs each, one thread ...",
+        flush=True,
+    )
     timing = time_interleaved(sessions, test.images[:1], runs=runs, warmup=30, rounds=10)
-    return {name: Measured(onnx_accuracy(sessions[name], test), file_size(models[name] / "model.onnx"),
-                           timing[name].percentile(50))
-            for name in models}
+    return {
+        name: Measured(
+            onnx_accuracy(sessions[name], test),
+            file_size(models[name] / "model.onnx"),
+            timing[name].percentile(50),
+        )
+        for name in models
+    }
 
 
-def print_table(measured: dict[str, Measured], base: str = "teacher", notes: dict[str, str] | None = None) -> None:
+def print_table(
+    measured: dict[str, Measured], base: str = "teacher", notes: dict[str, str] | None = None
+) -> None:
     notes = notes or {}
     header = (f"{'model':<16} {'test top-1':>10} {'drop (pt)':>9} {'size kB':>9} {'smaller':>8} "
               f"{'p50 ms':>8} {'faster':>7}  note")
@@ -138,7 +161,14 @@ def print_table(measured: dict[str, Measured], base: str = "teacher", notes: dic
 def beats(measured: dict[str, Measured], model: str, baseline: str) -> str:
     """The PASS/FAIL line of 'faster and smaller at equal or better accuracy'."""
     m, b = measured[model], measured[baseline]
-    ok = m.size_bytes < b.size_bytes and m.latency_p50_ms < b.latency_p50_ms and m.test_top1 >= b.test_top1
-    return (f"{'PASS' if ok else 'FAIL'}  {model} vs {baseline}: smaller ({m.size_bytes / 1e3:.0f} vs "
-            f"{b.size_bytes / 1e3:.0f} kB), faster ({m.latency_p50_ms:.3f} vs {b.latency_p50_ms:.3f} ms), "
-            f"top-1 {100 * m.test_top1:.2f}% vs {100 * b.test_top1:.2f}%")
+    ok = (
+        m.size_bytes < b.size_bytes
+        and m.latency_p50_ms < b.latency_p50_ms
+        and m.test_top1 >= b.test_top1
+    )
+    return (
+        f"{'PASS' if ok else 'FAIL'}  {model} vs {baseline}: smaller ({m.size_bytes / 1e3:.0f} vs "
+        f"{b.size_bytes / 1e3:.0f} kB), "
+        f"faster ({m.latency_p50_ms:.3f} vs {b.latency_p50_ms:.3f} ms), "
+        f"top-1 {100 * m.test_top1:.2f}% vs {100 * b.test_top1:.2f}%"
+    )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOAK_NIGHTS = 10  # tests/test_soak.py NIGHTS
+SOAK_NIGHTS = 10  # tests/nightly/test_soak.py NIGHTS
 
 
 @dataclass(frozen=True)
@@ -35,52 +35,150 @@ class Row:
 
 
 ROWS = [
-    Row("stage SIGKILLed mid-write; re-run recovers", (
-        "tests/test_atomic.py::test_sigkill_*", "tests/test_atomic.py::test_failure_inside_the_write_leaves_nothing")),
-    Row("disk full while writing an artifact (1 MiB tmpfs)", (
-        "tests/test_atomic.py::test_disk_full_during_a_stage_is_one_clear_line_and_no_partial_output",
-        "tests/test_atomic.py::test_write_json_on_a_full_disk")),
-    Row("S3 endpoint SIGKILLed before publish, stays down", (
-        "tests/test_reliability.py::test_storage_killed_before_publish_fails_in_one_line_and_tags_nothing",
-        "tests/test_reliability.py::test_the_previous_night_survives_a_storage_crash_and_pulls_in_a_fresh_clone")),
-    Row("S3 endpoint down, back within the retries", (
-        "tests/test_reliability.py::test_storage_back_within_the_retries_the_retried_publish_lands",)),
-    Row("S3 endpoint refusing connections during a stage", (
-        "tests/test_reliability.py::test_a_refused_connection_during_a_stage_is_retried_then_fails_in_one_line",)),
-    Row("wrong / missing S3 credentials (env, Airflow connection)", (
-        "tests/test_reliability.py::test_credential_failures_name_the_setting_and_never_the_secret*",
-        "tests/test_reliability.py::test_an_undefined_or_wrong_airflow_connection_fails_setup_naming_it",
-        "tests/test_nightly.py::test_wrong_credentials_fail_the_run_before_any_work"), "case"),
-    Row("read-only key: push refused", (
-        "tests/test_nightly.py::test_refused_push_fails_the_run_and_tags_nothing",)),
-    Row("two DAG runs at the same time", (
-        "tests/test_nightly.py::test_two_runs_started_together_keep_their_own_artifacts",)),
-    Row("night re-run, same inputs, recomputed", (
-        "tests/test_rerun.py::test_a_forced_rerun_reproduces_every_model_byte_for_byte",)),
-    Row("soak: micro nights back to back, each tagged, each pulls as shipped", (
-        "tests/test_soak.py::test_every_tagged_night_pulls_in_a_fresh_clone_as_it_shipped",),
-        "night", SOAK_NIGHTS),
-    Row("bucket audit after the soak: nothing missing, nothing orphaned", (
-        "tests/test_soak.py::test_the_bucket_holds_no_*", "tests/test_soak.py::test_the_audit_sees_*")),
-    Row("secret in logs, reports, metrics, dvc.lock, git, task logs, bucket", (
-        "tests/test_reliability.py::test_the_secret_appears_in_no_log_report_metric_lock_git_object_or_bucket_object",
-        "tests/test_nightly.py::test_credentials_never_reach_git_logs_or_reports")),
-    Row("truncated checkpoint", ("tests/test_artifact.py::test_truncated_weights_are_one_clear_error",)),
-    Row("pickle that runs a command when loaded", (
-        "tests/test_artifact.py::test_pickle_checkpoint_is_refused_and_never_run",)),
-    Row("file named .onnx that is not ONNX", ("tests/test_bad_input.py::test_file_named_onnx_that_is_not_onnx",)),
-    Row("ONNX model with no outputs", ("tests/test_bad_input.py::test_onnx_model_with_no_outputs",)),
-    Row("params: unknown key / wrong type / out of range", (
-        "tests/test_params.py::test_bad_values_name_key_value_and_rule*",
-        "tests/test_params.py::test_stage_stops_with_one_line_and_exit_2"), "case"),
-    Row("data set missing / empty / NaN", (
-        "tests/test_bad_input.py::test_missing_data_path", "tests/test_bad_input.py::test_nan_and_empty_data")),
-    Row("labels outside the class range", ("tests/test_bad_input.py::test_labels_outside_class_range",)),
-    Row("calibration split of zero samples", (
-        "tests/test_bad_input.py::test_calibration_split_of_zero_samples",)),
-    Row("DAG run.conf value of the wrong type", (
-        "tests/test_reliability.py::test_a_run_conf_value_of_the_wrong_type_stops_the_run_before_any_stage*",
-        "tests/test_dag.py::test_a_bad_override_fails_the_run_at_setup_before_any_work"), "case"),
+    Row(
+        "stage SIGKILLed mid-write; re-run recovers",
+        (
+            "tests/stages/test_atomic.py::test_sigkill_*",
+            "tests/stages/test_atomic.py::test_failure_inside_the_write_leaves_nothing",
+        ),
+    ),
+    Row(
+        "disk full while writing an artifact (1 MiB tmpfs)",
+        (
+            "tests/stages/test_atomic.py::test_disk_full_during_a_stage_is_one_clear_line_and_no_partial_output",
+            "tests/stages/test_atomic.py::test_write_json_on_a_full_disk",
+        ),
+    ),
+    Row(
+        "S3 endpoint SIGKILLed before publish, stays down",
+        (
+            "tests/nightly/test_reliability.py::test_storage_killed_before_publish_fails_in_one_line_and_tags_nothing",
+            "tests/nightly/test_reliability.py::test_the_previous_night_survives_a_storage_crash_and_pulls_in_a_fresh_clone",
+        ),
+    ),
+    Row(
+        "S3 endpoint down, back within the retries",
+        (
+            "tests/nightly/test_reliability.py::test_storage_back_within_the_retries_the_retried_publish_lands",
+        ),
+    ),
+    Row(
+        "S3 endpoint refusing connections during a stage",
+        (
+            "tests/nightly/test_reliability.py::test_a_refused_connection_during_a_stage_is_retried_then_fails_in_one_line",
+        ),
+    ),
+    Row(
+        "wrong / missing S3 credentials (env, Airflow connection)",
+        (
+            "tests/nightly/test_reliability.py::test_credential_failures_name_the_setting_and_never_the_secret*",
+            "tests/nightly/test_reliability.py::test_an_undefined_or_wrong_airflow_connection_fails_setup_naming_it",
+            "tests/nightly/test_nightly.py::test_wrong_credentials_fail_the_run_before_any_work",
+        ),
+        "case",
+    ),
+    Row(
+        "read-only key: push refused",
+        ("tests/nightly/test_nightly.py::test_refused_push_fails_the_run_and_tags_nothing",),
+    ),
+    Row(
+        "two DAG runs at the same time",
+        ("tests/nightly/test_nightly.py::test_two_runs_started_together_keep_their_own_artifacts",),
+    ),
+    Row(
+        "night re-run, same inputs, recomputed",
+        ("tests/line/test_rerun.py::test_a_forced_rerun_reproduces_every_model_byte_for_byte",),
+    ),
+    Row(
+        "soak: micro nights back to back, each tagged, each pulls as shipped",
+        ("tests/nightly/test_soak.py::test_every_tagged_night_pulls_in_a_fresh_clone_as_it_shipped",),
+        "night",
+        SOAK_NIGHTS,
+    ),
+    Row(
+        "bucket audit after the soak: nothing missing, nothing orphaned",
+        (
+            "tests/nightly/test_soak.py::test_the_bucket_holds_no_*",
+            "tests/nightly/test_soak.py::test_the_audit_sees_*",
+        ),
+    ),
+    Row(
+        "secret in logs, reports, metrics, dvc.lock, git, task logs, bucket",
+        (
+            "tests/nightly/test_reliability.py::test_the_secret_appears_in_no_log_report_metric_lock_git_object_or_bucket_object",
+            "tests/nightly/test_nightly.py::test_credentials_never_reach_git_logs_or_reports",
+        ),
+    ),
+    Row(
+        "truncated checkpoint",
+        ("tests/unit/test_artifact.py::test_truncated_weights_are_one_clear_error",),
+    ),
+    Row(
+        "pickle that runs a command when loaded",
+        ("tests/unit/test_artifact.py::test_pickle_checkpoint_is_refused_and_never_run",),
+    ),
+    Row(
+        "file named .onnx that is not ONNX",
+        ("tests/stages/test_bad_input.py::test_file_named_onnx_that_is_not_onnx",),
+    ),
+    Row(
+        "ONNX model with no outputs",
+        ("tests/stages/test_bad_input.py::test_onnx_model_with_no_outputs",),
+    ),
+    Row(
+        "params: unknown key / wrong type / out of range",
+        (
+            "tests/unit/test_params.py::test_bad_values_name_key_value_and_rule*",
+            "tests/stages/test_params.py::test_stage_stops_with_one_line_and_exit_2",
+        ),
+        "case",
+    ),
+    Row(
+        "data set missing / empty / NaN",
+        (
+            "tests/stages/test_bad_input.py::test_missing_data_path",
+            "tests/stages/test_bad_input.py::test_nan_and_empty_data",
+        ),
+    ),
+    Row(
+        "labels outside the class range",
+        ("tests/stages/test_bad_input.py::test_labels_outside_class_range",),
+    ),
+    Row(
+        "calibration split of zero samples",
+        ("tests/stages/test_bad_input.py::test_calibration_split_of_zero_samples",),
+    ),
+    Row(
+        "DAG run.conf value of the wrong type",
+        (
+            "tests/nightly/test_reliability.py::test_a_run_conf_value_of_the_wrong_type_stops_the_run_before_any_stage*",
+            "tests/nightly/test_dag.py::test_a_bad_override_fails_the_run_at_setup_before_any_work",
+        ),
+        "case",
+    ),
+    Row(
+        "run conf naming code, a file or a source, or a profile outside profiles/ (untrusted)",
+        (
+            "tests/unit/test_overrides.py::test_the_check_refuses_each_class_in_one_line_naming_the_key*",
+            "tests/nightly/test_trigger.py::test_the_dags_setup_task_refuses_every_class_before_any_work",
+            "tests/nightly/test_trigger.py::test_airflow_dags_test_refuses_a_code_naming_conf_before_any_stage",
+            "tests/nightly/test_trigger.py::test_nightly_sh_refuses_in_one_line_with_exit_2",
+        ),
+        "case",
+    ),
+    Row(
+        "params path or a link in a data folder leading outside the project",
+        (
+            "tests/stages/test_untrusted_files.py::test_a_params_path_climbing_out_of_the_project_is_refused",
+            "tests/stages/test_untrusted_files.py::test_a_symlinked_data_folder_pointing_outside_is_refused",
+            "tests/stages/test_untrusted_files.py::test_a_link_inside_an_image_folder_pointing_outside_is_refused",
+        ),
+        "case",
+    ),
+    Row(
+        "Hugging Face folder whose only weights are a pickle that runs a command",
+        ("tests/stages/test_untrusted_files.py::test_a_hugging_face_folder_with_only_a_pickled_bin_is_refused_and_never_run",),
+    ),
 ]
 
 
@@ -127,7 +225,9 @@ def table(rows: list[Row], runs: list[dict[str, bool]]) -> str:
                 if any(_matches(pattern, node) for pattern in row.tests):
                     tries += row.per_pass
                     survived += row.per_pass if passed else 0
-        lost = "none" if tries and survived == tries else ("not run" if not tries else "see failures")
+        lost = (
+            "none" if tries and survived == tries else ("not run" if not tries else "see failures")
+        )
         command = "<br>".join(f"`{pytest_command(pattern)}`" for pattern in row.tests)
         lines.append(f"| {row.fault} | {tries} {row.unit}{'s' if tries != 1 else ''} | "
                      f"{survived} | {lost} | {command} |")

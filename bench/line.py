@@ -18,7 +18,6 @@ import shlex
 from pathlib import Path
 
 import yaml
-
 from baselines import ROOT, Built, beats, build_baselines, measure_all, print_table, run, stage
 
 TARGETS = {  # issue 4
@@ -28,7 +27,9 @@ TARGETS = {  # issue 4
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teacher", type=Path, default=ROOT / "models/teacher")
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -38,7 +39,7 @@ def main() -> None:
                         help="keep models already in --workdir (delete a folder to redo its step)")
     args = parser.parse_args()
 
-    from slimline.params import load_params
+    from slimline.config.load import load_params
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,9 @@ def main() -> None:
         seconds = run(command, work / f"{name}.stdout", reuse=work / out if args.reuse else None)
         built[out] = Built(work / out, shlex.join(command[1:]), seconds)
         previous = work / out
-    built.update(build_baselines(args.teacher, args.data, bench_params, work, params.seed, args.reuse))
+    built.update(
+        build_baselines(args.teacher, args.data, bench_params, work, params.seed, args.reuse)
+    )
 
     measured = measure_all({name: b.path for name, b in built.items()}, args.data, args.runs)
     print_table(measured)
@@ -71,19 +74,31 @@ def main() -> None:
     def verdict(name: str) -> list[str]:
         goal = TARGETS[name]
         model, base = measured["quantized" if name == "line" else name], measured["teacher"]
-        ratio, speedup = model.size_bytes / base.size_bytes, base.latency_p50_ms / model.latency_p50_ms
+        ratio, speedup = (
+            model.size_bytes / base.size_bytes,
+            base.latency_p50_ms / model.latency_p50_ms,
+        )
         drop = 100 * (base.test_top1 - model.test_top1)
-        return [f"{'PASS' if ratio <= goal['size'] else 'FAIL'}  {name}: size {ratio:.3f}x of fp32 (target <= {goal['size']:.3f}x)",
-                f"{'PASS' if speedup >= goal['speedup'] else 'FAIL'}  {name}: {speedup:.2f}x faster (target >= {goal['speedup']}x)",
-                f"{'PASS' if drop <= goal['drop'] else 'FAIL'}  {name}: top-1 drop {drop:+.2f} points (target <= {goal['drop']})"]
+        def mark(ok: bool) -> str:
+            return "PASS" if ok else "FAIL"
+
+        return [
+            f"{mark(ratio <= goal['size'])}  {name}: size {ratio:.3f}x of fp32 "
+            f"(target <= {goal['size']:.3f}x)",
+            f"{mark(speedup >= goal['speedup'])}  {name}: {speedup:.2f}x faster "
+            f"(target >= {goal['speedup']}x)",
+            f"{mark(drop <= goal['drop'])}  {name}: top-1 drop {drop:+.2f} points "
+            f"(target <= {goal['drop']})",
+        ]
 
     print("\ntargets (issue 4):")
     for line in verdict("ort-int8") + verdict("line"):
         print("  " + line)
     for baseline in ("ort-int8", "tp50+ft+int8"):
         print("  " + beats(measured, "quantized", baseline))
-    (work / "bench.json").write_text(json.dumps({n: dataclasses.asdict(m) for n, m in measured.items()},
-                                                indent=2) + "\n")
+    (work / "bench.json").write_text(
+        json.dumps({n: dataclasses.asdict(m) for n, m in measured.items()}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

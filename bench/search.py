@@ -20,12 +20,13 @@ import shlex
 from pathlib import Path
 
 import yaml
-
 from baselines import ROOT, Built, beats, build_baselines, measure_all, print_table, run, stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", default="phone")
     parser.add_argument("--teacher", type=Path, default=ROOT / "models/teacher")
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared")
@@ -39,27 +40,39 @@ def main() -> None:
                         help="params override for the search's trials (dotted key, YAML value)")
     args = parser.parse_args()
 
+    from slimline.config.load import load_params
     from slimline.nightly.overrides import merge_overrides
-    from slimline.params import load_params
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     seed = load_params(args.params).seed
-    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
-    search_params = work / "search-params.yaml"   # beside a link to profiles/, as the search expects
+    overrides = {
+        key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)
+    }
+    search_params = work / "search-params.yaml"  # beside a link to profiles/, as the search expects
     search_params.write_text(yaml.safe_dump(
         merge_overrides(yaml.safe_load(args.params.read_text()), overrides), sort_keys=False))
     if not (work / "profiles").exists():
         (work / "profiles").symlink_to(args.params.resolve().parent / "profiles")
     search_out = work / "search"
-    # The search resumes its study in search_out, so re-running the bench adds trials, never redoes them.
-    command = stage("search", search_params, target=args.target, data=args.data, teacher=args.teacher,
-                    out=search_out, minutes=args.minutes, **{"max-trials": args.max_trials},
-                    log=work / "search.log")
+    # The search resumes its study in search_out: a re-run adds trials, never redoes them.
+    command = stage(
+        "search",
+        search_params,
+        target=args.target,
+        data=args.data,
+        teacher=args.teacher,
+        out=search_out,
+        minutes=args.minutes,
+        **{"max-trials": args.max_trials},
+        log=work / "search.log",
+    )
     seconds = run(command, work / "search.stdout")
     front = json.loads((search_out / "front.json").read_text())
     if front["pick"] is None:
-        raise SystemExit(f"bench: no candidate meets the '{args.target}' budgets; see {search_out / 'front.md'}")
+        raise SystemExit(
+            f"bench: no candidate meets the '{args.target}' budgets; see {search_out / 'front.md'}"
+        )
     pick = front["pick"]["number"]
 
     built = {"teacher": Built(args.teacher, "(the prepare stage)")}
@@ -68,7 +81,9 @@ def main() -> None:
         name = f"trial {member['number']}" + (" PICK" if member["number"] == pick else "")
         built[name] = Built(search_out / "trials" / f"trial-{member['number']:04d}" / "quantized",
                             f"trial {member['number']} of: {shlex.join(command[1:])}")
-        notes[name] = f"val {100 * member['val_top1']:.2f}%  " + json.dumps(member["recipe"], sort_keys=True)
+        notes[name] = f"val {100 * member['val_top1']:.2f}%  " + json.dumps(
+            member["recipe"], sort_keys=True
+        )
     quantize_params = work / "params.yaml"   # baselines quantize with the line's own settings, on
     raw = yaml.safe_load(args.params.read_text())
     raw.setdefault("quantize", {})["enabled"] = True
@@ -85,7 +100,9 @@ def main() -> None:
         print(f"  {name:<14} {built[name].command}")
     print(f"  search         {shlex.join(command[1:])}")
     pick_name = next(name for name in built if name.endswith("PICK"))
-    print("\ntarget (issue 7): the pick is faster and smaller at equal or better accuracy than both")
+    print(
+        "\ntarget (issue 7): the pick is faster and smaller at equal or better accuracy than both"
+    )
     for baseline in ("ort-int8", "tp50+ft+int8"):
         print("  " + beats(measured, pick_name, baseline))
 

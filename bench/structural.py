@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from slimline.artifact.recipe import ONNX
+from slimline.data.splits import load_split
+from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
+from slimline.measure.latency import time_interleaved
+from slimline.measure.runtime import make_session, onnx_accuracy
 
-from slimline.artifact import ONNX  # noqa: E402
-from slimline.data import load_split  # noqa: E402
-from slimline.measure import (count_macs, count_parameters, file_size, load_onnx,  # noqa: E402
-                              onnx_accuracy, time_interleaved)
-from slimline.runtime import make_session  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(paths: dict[str, Path], data_dir: Path, runs: int) -> list[dict]:
@@ -61,10 +59,11 @@ def linear_heavy(data_dir: Path, runs: int) -> None:
     import torch
     from torch import nn
 
-    from slimline.decompose import decompose_model
-    from slimline.onnx_export import export_onnx
-    from slimline.params import DecomposeParams, TrainParams, load_params
-    from slimline.train import fit, seed_everything
+    from slimline.artifact.onnx_export import export_onnx
+    from slimline.config.load import load_params
+    from slimline.config.params import DecomposeParams, TrainParams
+    from slimline.techniques.decompose import decompose_model
+    from slimline.training.loop import fit, seed_everything
 
     seed_everything(0)
     train = load_split(data_dir / "train.npz")
@@ -82,8 +81,10 @@ def linear_heavy(data_dir: Path, runs: int) -> None:
         for name, net in (("wide MLP", model), ("MLP decomp", decomposed)):
             paths[name] = Path(scratch) / f"{len(paths)}.onnx"
             export_onnx(net.eval(), torch.from_numpy(train.images[:1]), paths[name])
-        print_table(measure(paths, data_dir, runs),
-                    f"Linear-heavy check: 784-1024-1024-10 MLP, {len(report.kept)} layer(s) factorized")
+        print_table(
+            measure(paths, data_dir, runs),
+            f"Linear-heavy check: 784-1024-1024-10 MLP, {len(report.kept)} layer(s) factorized",
+        )
 
 
 def main() -> None:
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--decomposed", type=Path, default=ROOT / "models/decomposed")
     parser.add_argument("--data", type=Path, default=ROOT / "data/prepared")
     parser.add_argument("--runs", type=int, default=500, help="timed batch-1 runs per model")
-    parser.add_argument("--linear-heavy", action="store_true", help="also run the wide-MLP SVD check")
+    parser.add_argument(
+        "--linear-heavy", action="store_true", help="also run the wide-MLP SVD check"
+    )
     args = parser.parse_args()
     paths = {"teacher": args.teacher / ONNX, "pruned": args.pruned / ONNX,
              "decomposed": args.decomposed / ONNX}

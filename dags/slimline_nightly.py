@@ -19,11 +19,11 @@ from pathlib import Path
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param
 
+from slimline.config.profiles import PROFILES_DIR, available_profiles
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
 from slimline.nightly.overrides import trigger_schema
 from slimline.nightly.pipeline import final_stages, load_pipeline
-from slimline.profiles import PROFILES_DIR, available_profiles
 
 PROJECT = Path(__file__).resolve().parents[1]
 config = NightlyConfig.from_env(default_repo=PROJECT)
@@ -53,7 +53,7 @@ with DAG(
     setup = PythonOperator(task_id=tasks.SETUP_TASK, python_callable=tasks.setup_workspace,
                            op_kwargs=project, execution_timeout=timedelta(minutes=15))
     stage_tasks = {
-        name: PythonOperator(task_id=name, python_callable=tasks.run_stage,
+        name: PythonOperator(task_id=name, python_callable=tasks.stage_task,
                              op_kwargs={**project, "stage": name},
                              execution_timeout=config.timeout_for(name))
         for name in stages

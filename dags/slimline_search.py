@@ -21,10 +21,10 @@ from pathlib import Path
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param
 
+from slimline.config.profiles import PROFILES_DIR, available_profiles
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
 from slimline.nightly.overrides import trigger_schema
-from slimline.profiles import PROFILES_DIR, available_profiles
 
 PROJECT = Path(__file__).resolve().parents[1]
 config = NightlyConfig.from_env(default_repo=PROJECT)
@@ -39,14 +39,27 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": config.retries, "retry_delay": config.retry_delay},
     params={
-        "target": Param("phone", type="string", enum=targets,
-                        description="profile whose budgets the pick must meet"),
+        "target": Param(
+            "phone",
+            type="string",
+            enum=targets,
+            description="profile whose budgets the pick must meet",
+        ),
         "minutes": Param(30, type="number", exclusiveMinimum=0, description="wall-clock budget"),
-        "max_trials": Param(20, type="integer", minimum=1, description="stop after this many trials"),
-        "write_profile": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9][A-Za-z0-9_-]*$",
-                               description="write the pick as profiles/<name>.yaml"),
-        "overrides": Param({}, **trigger_schema(targets),
-                           description="params.yaml overrides: technique knobs, as in slimline_nightly"),
+        "max_trials": Param(
+            20, type="integer", minimum=1, description="stop after this many trials"
+        ),
+        "write_profile": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[A-Za-z0-9][A-Za-z0-9_-]*$",
+            description="write the pick as profiles/<name>.yaml",
+        ),
+        "overrides": Param(
+            {},
+            **trigger_schema(targets),
+            description="params.yaml overrides: technique knobs, as in slimline_nightly",
+        ),
     },
     tags=["slimline", "search"],
 ) as dag:
@@ -54,7 +67,7 @@ with DAG(
     setup = PythonOperator(task_id=tasks.SETUP_TASK, python_callable=tasks.setup_workspace,
                            op_kwargs={**project, "for_search": True},
                            execution_timeout=timedelta(minutes=15))
-    prepare = PythonOperator(task_id="prepare", python_callable=tasks.run_stage,
+    prepare = PythonOperator(task_id="prepare", python_callable=tasks.stage_task,
                              op_kwargs={**project, "stage": "prepare"},
                              execution_timeout=config.timeout_for("prepare"))
     search = PythonOperator(task_id="search", python_callable=tasks.search, op_kwargs=project,

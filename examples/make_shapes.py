@@ -31,7 +31,9 @@ def draw(shape: str, colour, size: int, rng: np.random.Generator) -> Image.Image
     elif shape == "square":
         pen.rectangle(box, fill=fill)
     elif shape == "triangle":
-        pen.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+        pen.polygon(
+            [(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill
+        )
     else:
         width = max(2, int(radius / 2))
         pen.line([(cx - radius, cy), (cx + radius, cy)], fill=fill, width=width)

@@ -8,7 +8,8 @@ so an interrupted search resumes where it stopped.
 
 A new study starts from the target profile's own recipe (its first trial), so the search explores
 around a known-good point instead of spending its first generation on random ones; and dynamic
-int8 is offered only to MatMul-heavy models (it leaves convolutions fp32, see slimline/quantize.py).
+int8 is offered only to MatMul-heavy models (it leaves convolutions fp32; see
+slimline/config/schemes.py).
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from pathlib import Path
 import optuna
 import yaml
 
-from slimline.artifact import ONNX
-from slimline.data import load_split
+from slimline.artifact.recipe import ONNX
+from slimline.config.params import deep_merge
+from slimline.config.schemes import SCHEMES
+from slimline.data.splits import load_split
 from slimline.errors import SlimlineError
-from slimline.measure import file_size, load_onnx, macs_by_kind, onnx_accuracy, time_interleaved
-from slimline.params import deep_merge
-from slimline.runtime import make_session
+from slimline.measure.graph import file_size, load_onnx, macs_by_kind
+from slimline.measure.latency import time_interleaved
+from slimline.measure.runtime import make_session, onnx_accuracy
 
 TECHNIQUE_STAGES = (("prune", "pruned"), ("decompose", "decomposed"), ("distill", "distilled"),
                     ("quantize", "quantized"))
@@ -35,15 +38,17 @@ OBJECTIVES = ("val_top1", "latency_ms", "size_mb")   # maximise, minimise, minim
 
 
 KEEP_RATIO_RANGE = (0.3, 0.8, 0.05)   # (low, high, step)
-# The decomposition knob the search varies is the one params.yaml's rank_rule uses: (low, high, step).
+# The decomposition knob the search varies is params.yaml's rank_rule's: (low, high, step).
 DECOMPOSE_RANGES = {"energy": (0.8, 0.99, 0.01), "param_reduction": (0.2, 0.8, 0.05)}
 
 
 def quantize_schemes(teacher_onnx: Path, example) -> tuple[str, ...]:
-    """The quantization choices worth trying: `dynamic` only when most MACs are in MatMul/Gemm."""
+    """The quantization choices worth trying (slimline/config/schemes.py), and none: a scheme that
+    touches MatMul only is tried only when most MACs are in MatMul/Gemm."""
     macs = macs_by_kind(load_onnx(teacher_onnx), example)
     matmul_heavy = macs["matmul"] >= macs["conv"]
-    return ("static", "dynamic", "none") if matmul_heavy else ("static", "none")
+    return (*(scheme.name for scheme in SCHEMES.values()
+              if scheme.searched and (matmul_heavy or not scheme.matmul_only)), "none")
 
 
 def _snap(value: float, low: float, high: float, step: float) -> float:
@@ -63,13 +68,18 @@ class Space:
         # Stepped floats come back as 0.6000000000000001; recipes end up in profiles: round them.
         low, high, step = KEEP_RATIO_RANGE
         recipe = {
-            "prune": {"enabled": True,
-                      "keep_ratio": round(trial.suggest_float("keep_ratio", low, high, step=step), 2),
-                      "importance": trial.suggest_categorical("importance",
-                                                              ["l1", "l2", "bn_scale", "taylor"])},
+            "prune": {
+                "enabled": True,
+                "keep_ratio": round(trial.suggest_float("keep_ratio", low, high, step=step), 2),
+                "importance": trial.suggest_categorical(
+                    "importance", ["l1", "l2", "bn_scale", "taylor"]
+                ),
+            },
             "decompose": {"enabled": trial.suggest_categorical("decompose", [True, False])},
-            "distill": {"enabled": trial.suggest_categorical("distill", [True, False]),
-                        "compare_without_teacher": False},
+            "distill": {
+                "enabled": trial.suggest_categorical("distill", [True, False]),
+                "compare_without_teacher": False,
+            },
             "quantize": {"enabled": quantize != "none"},
         }
         if recipe["decompose"]["enabled"]:
@@ -94,7 +104,9 @@ class Space:
                  "keep_ratio": _snap(prune["keep_ratio"], *KEEP_RATIO_RANGE),
                  "decompose": decompose["enabled"], "distill": params["distill"]["enabled"]}
         if decompose["enabled"]:
-            point[self.rank_rule] = _snap(decompose[self.rank_rule], *DECOMPOSE_RANGES[self.rank_rule])
+            point[self.rank_rule] = _snap(
+                decompose[self.rank_rule], *DECOMPOSE_RANGES[self.rank_rule]
+            )
         if quantize == "static":
             point["calibration_method"] = params["quantize"]["calibration_method"]
         return point
@@ -105,7 +117,10 @@ def start_from(study: optuna.Study, point: dict | None, log) -> None:
     if point is None or study.get_trials(deepcopy=False):
         return
     study.enqueue_trial(point)
-    log(f"search: the first trial is the target profile's recipe {json.dumps(point, sort_keys=True)}")
+    log(
+        "search: the first trial is the target profile's recipe "
+        f"{json.dumps(point, sort_keys=True)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ class Candidate:
     size_mb: float
     seconds: float
 
-    def dominates(self, other: "Candidate") -> bool:
+    def dominates(self, other: Candidate) -> bool:
         at_least = (self.val_top1 >= other.val_top1 and self.latency_ms <= other.latency_ms
                     and self.size_mb <= other.size_mb)
         better = (self.val_top1 > other.val_top1 or self.latency_ms < other.latency_ms
@@ -167,16 +182,31 @@ class TrialRunner:
         started = time.perf_counter()
         source = self.teacher
         for stage, output in TECHNIQUE_STAGES:
-            command = [sys.executable, "-m", f"stages.{stage}", "--params", str(folder / "params.yaml"),
-                       "--input", str(source), "--data", str(self.data),
-                       "--output", str(folder / output), "--metrics", str(folder / f"{stage}.json"),
-                       "--log", str(folder / f"{stage}.log")]
+            command = [
+                sys.executable,
+                "-m",
+                f"stages.{stage}",
+                "--params",
+                str(folder / "params.yaml"),
+                "--input",
+                str(source),
+                "--data",
+                str(self.data),
+                "--output",
+                str(folder / output),
+                "--metrics",
+                str(folder / f"{stage}.json"),
+                "--log",
+                str(folder / f"{stage}.log"),
+            ]
             if stage == "distill":
                 command += ["--teacher", str(self.teacher)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
-                raise SlimlineError(f"trial {number}: stage {stage} failed: "
-                                    f"{result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
+                raise SlimlineError(
+                    f"trial {number}: stage {stage} failed: "
+                    f"{result.stderr.strip().splitlines()[-1] if result.stderr else '?'}"
+                )
             source = folder / output
         session = make_session(source / ONNX, threads=1)
         timing = time_interleaved({"teacher": self.teacher_session, "candidate": session},
@@ -232,8 +262,11 @@ def search(study: optuna.Study, runner: TrialRunner, space: Space, *, max_trials
         trial.set_user_attr("seconds", candidate.seconds)
         study.tell(trial, [candidate.val_top1, candidate.latency_ms, candidate.size_mb])
         durations.append(candidate.seconds)
-        log(f"trial {trial.number}: val top-1 {100 * candidate.val_top1:.2f}%, "
-            f"p50 {candidate.latency_ms:.3f} ms, {candidate.size_mb:.3f} MB, {candidate.seconds:.0f} s")
+        log(
+            f"trial {trial.number}: val top-1 {100 * candidate.val_top1:.2f}%, "
+            f"p50 {candidate.latency_ms:.3f} ms, {candidate.size_mb:.3f} MB, "
+            f"{candidate.seconds:.0f} s"
+        )
     return completed(study)
 
 

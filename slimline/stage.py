@@ -1,6 +1,7 @@
-"""The stage contract, in one place: params, a readable log, metrics, and one-line failures.
+"""The stage contract, in one place: params, a readable log, metrics, one-line failures, and
+the pass-through of a stage that does not act.
 
-Every stage module ends with `run_stage("name", main, add_arguments)`. `main(args, params, log)`
+Every stage module ends with `stage_main("name", main, add_arguments)`. `main(args, params, log)`
 does the work; whatever goes wrong reaches the user as one line on stderr and a non-zero exit,
 with the traceback (if any) kept in the stage's log file for whoever debugs it.
 """
@@ -11,14 +12,16 @@ import errno
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from slimline.atomic import write_json
+from slimline.artifact.atomic import write_json
+from slimline.artifact.recipe import ONNX_ARCHITECTURE, copy_artifact, read_recipe
+from slimline.config.load import load_params
+from slimline.config.params import Params
+from slimline.config.user_code import user_code_path
 from slimline.errors import SlimlineError
-from slimline.factory import user_code_path
-from slimline.lineage import code_revision, cpu_info, flatten, package_versions, sha256_file
-from slimline.params import Params, load_params
+from slimline.measure.lineage import code_revision, cpu_info, flatten, package_versions, sha256_file
 
 EXIT_BAD_INPUT, EXIT_CRASH = 2, 1
 
@@ -59,7 +62,9 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
 
 def write_metrics(path: str | Path, metrics: dict) -> None:
     """Flat keys with numbers (or lineage strings), so `dvc metrics diff` compares every key."""
-    flat = {key: (int(value) if isinstance(value, bool) else value) for key, value in metrics.items()}
+    flat = {
+        key: (int(value) if isinstance(value, bool) else value) for key, value in metrics.items()
+    }
     bad = [key for key, value in flat.items() if not isinstance(value, (int, float, str))]
     if bad:
         raise TypeError(f"metrics must be flat numbers or strings; not: {bad}")
@@ -72,9 +77,18 @@ def add_lineage(path: Path, params_file: Path, seed: int) -> None:
 
     torch = sys.modules.get("torch")  # threads only matter to stages that train with torch
     metrics = json.loads(path.read_text())
-    metrics.update(flatten({"code_revision": code_revision(), "params_sha256": sha256_file(params_file),
-                            "packages": package_versions(), "cpu": cpu_info(),
-                            "torch_threads": torch.get_num_threads() if torch else 0, "seed": seed}))
+    metrics.update(
+        flatten(
+            {
+                "code_revision": code_revision(),
+                "params_sha256": sha256_file(params_file),
+                "packages": package_versions(),
+                "cpu": cpu_info(),
+                "torch_threads": torch.get_num_threads() if torch else 0,
+                "seed": seed,
+            }
+        )
+    )
     write_json(path, metrics)
 
 
@@ -87,7 +101,7 @@ def raise_unexpected(stage: str, exc: BaseException, log: logging.Logger, log_fi
     sys.exit(EXIT_CRASH)
 
 
-def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Logger], None],
+def stage_main(stage: str, main: Callable[[argparse.Namespace, Params, logging.Logger], None],
               add_arguments: Callable[[argparse.ArgumentParser], None],
               argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
@@ -113,12 +127,50 @@ def run_stage(stage: str, main: Callable[[argparse.Namespace, Params, logging.Lo
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise_unexpected(stage, exc, log, args.log)
-        print(f"slimline {stage}: error: {exc.filename or 'output'}: no space left on device; "
-              "nothing was published", file=sys.stderr)
+        print(
+            f"slimline {stage}: error: {exc.filename or 'output'}: no space left on device; "
+            "nothing was published",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"slimline {stage}: interrupted; no output was published", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # a bug or an unforeseen input: one line here, the traceback in the log
+    except (
+        Exception
+    ) as exc:  # a bug or an unforeseen input: one line here, the traceback in the log
         raise_unexpected(stage, exc, log, args.log)
     log.info("stage %s finished in %.1f s", stage, time.perf_counter() - started)
+
+
+def artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a stage that turns one model artifact into another (prune, decompose,
+    distill, quantize)."""
+    parser.add_argument("--input", type=Path, required=True, help="input model artifact folder")
+    parser.add_argument("--data", type=Path, required=True, help="folder of split .npz files")
+    parser.add_argument("--output", type=Path, required=True, help="output model artifact folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
+
+
+ONNX_ONLY_REASON = ("skipped: ONNX-only model (model.source onnx): this technique edits and "
+                    "retrains a torch model")
+
+
+def pass_through(stage: str, args, log) -> None:
+    """A switched-off stage: its input, unchanged, becomes its output (the report shows it)."""
+    copy_artifact(args.input, args.output, stage)
+    log.info("%s is disabled (params.yaml: %s.enabled = false): %s passed through unchanged to %s",
+             stage, stage, args.input, args.output)
+    write_metrics(args.metrics, {"enabled": 0})
+
+
+def skipped_onnx_only(stage: str, args, log) -> bool:
+    """Pass an ONNX-only input through (True), with the reason in the log and the recipe history
+    the report shows; False for a torch model, which the stage then compresses."""
+    if read_recipe(args.input).architecture != ONNX_ARCHITECTURE:
+        return False
+    copy_artifact(args.input, args.output, stage, note=ONNX_ONLY_REASON)
+    log.warning("%s %s; %s passed through unchanged to %s", stage, ONNX_ONLY_REASON, args.input,
+                args.output)
+    write_metrics(args.metrics, {"enabled": 1, "skipped_onnx_only": 1})
+    return True

@@ -12,26 +12,43 @@ from pathlib import Path
 
 import yaml
 
-from slimline.artifact import ONNX
-from slimline.atomic import write_json, write_text
+from slimline.artifact.atomic import write_json, write_text
+from slimline.artifact.recipe import ONNX
+from slimline.config.params import deep_merge
+from slimline.config.profiles import load_profile
 from slimline.errors import SlimlineError
-from slimline.measure import file_size, onnx_accuracy
-from slimline.params import deep_merge
-from slimline.profiles import load_profile
-from slimline.search import (OBJECTIVES, TrialRunner, best_within_budgets, front_plot, open_study,
-                             Space, pareto_front, quantize_schemes, search, start_from)
-from slimline.stage import run_stage
+from slimline.measure.graph import file_size
+from slimline.measure.runtime import onnx_accuracy
+from slimline.search import (
+    OBJECTIVES,
+    Space,
+    TrialRunner,
+    best_within_budgets,
+    front_plot,
+    open_study,
+    pareto_front,
+    quantize_schemes,
+    search,
+    start_from,
+)
+from slimline.stage import stage_main
 
 
 def add_arguments(parser):
     parser.add_argument("--target", required=True, help="profile whose budgets the pick must meet")
     parser.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared splits")
-    parser.add_argument("--teacher", type=Path, default=Path("models/teacher"), help="teacher artifact")
+    parser.add_argument(
+        "--teacher", type=Path, default=Path("models/teacher"), help="teacher artifact"
+    )
     parser.add_argument("--out", type=Path, default=Path("search"),
                         help="study database, trial folders and the front report go here")
     parser.add_argument("--study-name", default="slimline", help="resume a study by its name")
-    parser.add_argument("--max-trials", type=int, default=20, help="stop after this many complete trials")
-    parser.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
+    parser.add_argument(
+        "--max-trials", type=int, default=20, help="stop after this many complete trials"
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=30, help="wall-clock budget of this invocation"
+    )
     parser.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs per candidate")
     parser.add_argument("--write-profile", metavar="NAME",
                         help="write the pick as profiles/NAME.yaml (recipe + the target's budgets)")
@@ -39,16 +56,22 @@ def add_arguments(parser):
 
 def main(args, params, log):
     if args.max_trials < 1 or args.minutes <= 0:
-        raise SlimlineError(f"--max-trials {args.max_trials} / --minutes {args.minutes}: must be positive")
+        raise SlimlineError(
+            f"--max-trials {args.max_trials} / --minutes {args.minutes}: must be positive"
+        )
     profiles = args.params.parent / "profiles"
     profile = load_profile(profiles, args.target, "--target")
     for path in (args.data / "val.npz", args.teacher / ONNX):
         if not path.is_file():
             raise SlimlineError(f"{path}: not found (run `dvc repro prepare` first)")
     base = yaml.safe_load(args.params.read_text())
-    runner = TrialRunner(base, args.data, args.teacher, args.out / "trials", args.latency_runs, log.info)
+    runner = TrialRunner(
+        base, args.data, args.teacher, args.out / "trials", args.latency_runs, log.info
+    )
     study = open_study(args.out / "study.db", args.study_name, params.seed)
-    space = Space(quantize_schemes(args.teacher / ONNX, runner.val.head(1)), params.decompose.rank_rule)
+    space = Space(
+        quantize_schemes(args.teacher / ONNX, runner.val.head(1)), params.decompose.rank_rule
+    )
     log.info("search: quantization schemes tried: %s; decomposition by %s",
              ", ".join(space.schemes), space.rank_rule)
     start_from(study, space.point(deep_merge(params.model_dump(), profile.recipe)), log.info)
@@ -86,9 +109,12 @@ def main(args, params, log):
                 "recipe": pick.recipe,
                 "budgets": profile.budgets.model_dump(exclude_none=True)}
         write_text(profiles / f"{args.write_profile}.yaml", yaml.safe_dump(body, sort_keys=False))
-        log.info("wrote %s: run it nightly with `target: %s`", profiles / f"{args.write_profile}.yaml",
-                 args.write_profile)
+        log.info(
+            "wrote %s: run it nightly with `target: %s`",
+            profiles / f"{args.write_profile}.yaml",
+            args.write_profile,
+        )
 
 
 if __name__ == "__main__":
-    run_stage("search", main, add_arguments)
+    stage_main("search", main, add_arguments)

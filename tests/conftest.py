@@ -1,4 +1,13 @@
-"""Shared fixtures: a reduced configuration of the real line, run once per test session."""
+"""Shared by every tier: the project root, the reduced configuration of the real line, helpers
+to run commands and make a scratch project, and the session fixtures built from them.
+
+Tiers (each folder one; README's fast command runs tests/unit alone):
+  unit/        in-process, no subprocess, no services, a few training steps at most (< 3 min)
+  stages/      one real stage, as the pipeline runs it (its own process), bad input included
+  line/        the whole line through `dvc repro` on a reduced configuration
+  nightly/     Airflow (`airflow dags test`), SeaweedFS, DVC remote, publish, faults, the soak
+  containers/  the stage images and the DAG in containers (podman)
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimline.params import deep_merge
+from slimline.config.params import deep_merge
+
+# Fixtures shared across tiers: the SeaweedFS server, the git project and the Airflow home of the
+# nightly tests (module-scoped: each test module gets its own), the small trained teacher.
+pytest_plugins = ["tests.helpers.nightly", "tests.helpers.structural"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -22,12 +35,22 @@ REDUCED = {
     "model": {"widths": [8, 16, 32]},
     "prepare": {"train": {"epochs": 2}},
     # The tiny widths would barely prune under the default rounding to multiples of 8.
-    "prune": {"keep_ratio": 0.5, "channel_multiple": 1, "finetune": {"epochs": 1}, "latency_runs": 50},
+    "prune": {
+        "keep_ratio": 0.5,
+        "channel_multiple": 1,
+        "finetune": {"epochs": 1},
+        "latency_runs": 50,
+    },
     "decompose": {"finetune": {"epochs": 1}, "latency_runs": 50},
     "distill": {"train": {"epochs": 1}},
     "quantize": {"latency_runs": 50, "latency_rounds": 5},
-    "evaluate": {"latency_runs": 200, "warmup_runs": 5, "rounds": 4, "throughput_runs": 4,
-                 "gate": {"max_top1_drop": 100.0}},
+    "evaluate": {
+        "latency_runs": 200,
+        "warmup_runs": 5,
+        "rounds": 4,
+        "throughput_runs": 4,
+        "gate": {"max_top1_drop": 100.0},
+    },
 }
 
 

@@ -2,9 +2,9 @@
 
 The line never downloads and never runs code from the folder: every load is `local_files_only`,
 `trust_remote_code=False` and safetensors only (a pickled pytorch_model.bin is refused), and the
-hub is switched offline before transformers is imported. The artifact's recipe carries the model's config as JSON, so a
-compressed model rebuilds from the recipe alone (config -> skeleton -> structural edits ->
-safetensors weights); the user's directory is read once, by prepare.
+hub is switched offline before transformers is imported. The artifact's recipe carries the
+model's config as JSON, so a compressed model rebuilds from the recipe alone (config -> skeleton
+-> structural edits -> safetensors weights); the user's directory is read once, by prepare.
 
 `TextModel` gives every transformer the same face: named inputs `input_ids` and
 `attention_mask` (int64, batch x sequence) in, one tensor out: class logits for a classifier,
@@ -50,7 +50,9 @@ def config_from_dict(config: dict):
     try:
         return transformers.AutoConfig.for_model(model_type, **values)
     except (ValueError, TypeError) as exc:
-        raise SlimlineError(f"transformer config: cannot rebuild model type {model_type!r} ({exc})") from None
+        raise SlimlineError(
+            f"transformer config: cannot rebuild model type {model_type!r} ({exc})"
+        ) from None
 
 
 def config_to_dict(config) -> dict:
@@ -100,7 +102,10 @@ def _auto_class(config, task: str):
     options = {"attn_implementation": "sdpa"}
     if task == "embedding":
         model_class = auto._model_mapping.get(type(config), None)
-        if model_class and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        if (
+            model_class
+            and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        ):
             options["add_pooling_layer"] = False
     return auto, options
 
@@ -125,9 +130,11 @@ def check_model_directory(path: str | Path) -> Path:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         if any((path / name).is_file() for name in PICKLED_WEIGHT_FILES):
             # A pickle runs code when it is loaded; the line never unpickles a user's file.
-            raise SlimlineError(f"{path}: the weights are a pickled pytorch_model.bin, which the line "
-                                "does not load; convert them to safetensors once, where you trust "
-                                "the file (model.save_pretrained(folder, safe_serialization=True))")
+            raise SlimlineError(
+                f"{path}: the weights are a pickled pytorch_model.bin, which the line "
+                "does not load; convert them to safetensors once, where you trust "
+                "the file (model.save_pretrained(folder, safe_serialization=True))"
+            )
         raise SlimlineError(f"{path}: Hugging Face model directory has no weights "
                             f"(none of {', '.join(WEIGHT_FILES)})")
     return path
@@ -168,8 +175,10 @@ def load_tokenizer(path: str | Path):
     """The tokenizer saved next to the model (save_pretrained); one clear line if it is missing."""
     path = Path(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise SlimlineError(f"{path}: no tokenizer in the model directory (none of "
-                            f"{', '.join(TOKENIZER_FILES)}; save it with tokenizer.save_pretrained)")
+        raise SlimlineError(
+            f"{path}: no tokenizer in the model directory (none of "
+            f"{', '.join(TOKENIZER_FILES)}; save it with tokenizer.save_pretrained)"
+        )
     transformers = _quiet_transformers()
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True,
@@ -181,9 +190,14 @@ def load_tokenizer(path: str | Path):
 
 def attention_layers(model: nn.Module) -> list[nn.Module]:
     """Self-attention modules with query/key/value projections (BERT, RoBERTa, ELECTRA, ...)."""
-    return [module for module in model.modules()
-            if all(isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value"))
-            and hasattr(module, "num_attention_heads")]
+    return [
+        module
+        for module in model.modules()
+        if all(
+            isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value")
+        )
+        and hasattr(module, "num_attention_heads")
+    ]
 
 
 def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -196,16 +210,17 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise SlimlineError(f"{type(model).__name__}: no stack of transformer layers found")
 
 
-def keep_encoder_layers(model: nn.Module, indices: list[int]) -> dict:
+def keep_encoder_layers(model: nn.Module, indices: list[int]) -> tuple[str, list[int]]:
     """Cut the model's transformer stack down to the layers at `indices` (a shallower student
-    initialised from those layers); returns the recipe edit that replays the cut."""
-    from slimline.recipe import apply_keep_layers, keep_layers_edit
-
+    initialised from those layers); returns the stack's module name and the kept indices, what
+    the recipe's keep_layers edit records."""
     name, stack = encoder_layers(model)
     bad = [index for index in indices if not -len(stack) <= index < len(stack)]
     if bad or not indices or len(set(indices)) != len(indices):
-        raise SlimlineError(f"distill.student_layers = {indices} is not allowed: the model has "
-                            f"{len(stack)} transformer layers (indices 0..{len(stack) - 1}, each once)")
-    edit = keep_layers_edit(name, [index % len(stack) for index in indices])
-    apply_keep_layers(model, edit)
-    return edit
+        raise SlimlineError(
+            f"distill.student_layers = {indices} is not allowed: the model has "
+            f"{len(stack)} transformer layers (indices 0..{len(stack) - 1}, each once)"
+        )
+    kept = [index % len(stack) for index in indices]
+    model.set_submodule(name, nn.ModuleList(stack[index] for index in kept))
+    return name, kept

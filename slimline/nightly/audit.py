@@ -1,6 +1,6 @@
 """Audit the DVC remote against the published nights: nothing missing, nothing orphaned.
 
-    python -m slimline.nightly.audit [--repo .] [--tags 'nightly/*']     (storage from the environment)
+    python -m slimline.nightly.audit [--repo .] [--tags 'nightly/*']   (storage from the env)
 
 Exit 0 when every tagged night can be restored and no object is orphaned, 1 otherwise, 2 when the
 storage cannot be read. What the words mean here:
@@ -9,7 +9,8 @@ storage cannot be read. What the words mean here:
               manifest and every file the manifest lists), or by a run-cache entry in the remote
               (`runs/`: what lets a later night restore a stage instead of running it again,
               whether or not that night was published; e.g. a night whose publish failed)
-  missing     referenced but absent from the bucket: a night or a cache entry that cannot be restored
+  missing     referenced but absent from the bucket: a night or a cache entry that cannot be
+              restored
   orphan      an object under `files/md5/` that nothing referenced names: nothing will ever read it
   stray       any other key under the remote's prefix (neither `files/md5/` nor `runs/`)
 
@@ -45,9 +46,11 @@ class Audit:
         return not (self.missing or self.orphans or self.strays)
 
     def summary(self) -> str:
-        return (f"audit: {len(self.tags)} tagged night(s), {self.run_cache_entries} run-cache "
-                f"entries, {self.objects} objects; {len(self.referenced)} referenced, "
-                f"{len(self.missing)} missing, {len(self.orphans)} orphaned, {len(self.strays)} stray")
+        return (
+            f"audit: {len(self.tags)} tagged night(s), {self.run_cache_entries} run-cache "
+            f"entries, {self.objects} objects; {len(self.referenced)} referenced, "
+            f"{len(self.missing)} missing, {len(self.orphans)} orphaned, {len(self.strays)} stray"
+        )
 
 
 def _object_key(prefix: str, md5: str) -> str:
@@ -66,7 +69,9 @@ def nightly_tags(repo: Path, pattern: str = "nightly/*") -> list[str]:
 
 
 def _lock_at(repo: Path, tag: str) -> dict:
-    shown = subprocess.run(["git", "show", f"{tag}:dvc.lock"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run(
+        ["git", "show", f"{tag}:dvc.lock"], cwd=repo, capture_output=True, text=True
+    )
     if shown.returncode != 0:
         raise SlimlineError(f"audit: {tag} has no dvc.lock ({shown.stderr.strip()})")
     return yaml.safe_load(shown.stdout) or {}
@@ -104,9 +109,13 @@ def audit_remote(repo: Path, settings: S3Settings, pattern: str = "nightly/*") -
                     named.setdefault(item["md5"], []).append(f"{md5} ({item['relpath']})")
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "unknown")
-        raise SlimlineError(f"storage: cannot audit {settings.where}: {explain_s3_error(code)}") from None
+        raise SlimlineError(
+            f"storage: cannot audit {settings.where}: {explain_s3_error(code)}"
+        ) from None
     except BotoCoreError as exc:
-        raise SlimlineError(f"storage: cannot reach {settings.where}: {type(exc).__name__}") from None
+        raise SlimlineError(
+            f"storage: cannot reach {settings.where}: {type(exc).__name__}"
+        ) from None
 
     objects = {key for key in keys if key.startswith(files_root)}
     referenced_keys = {_object_key(prefix, md5): md5 for md5 in named}

@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from slimline.errors import SlimlineError
 from slimline.nightly.storage import scrub
@@ -46,7 +46,8 @@ def end_group_on_sigterm() -> None:
 def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
                   on_line: Callable[[str], None], secrets: list[str] = (),
                   grace_seconds: float = 20, own_group: bool = True) -> int:
-    """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the exit code.
+    """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the
+    exit code.
 
     own_group: the command leads a new process group, ended as a whole if the caller is
     interrupted. Commands run by a step (dvc) stay in the step's group instead, so ending the
@@ -83,7 +84,7 @@ def _end_group(process: subprocess.Popen, grace_seconds: float) -> None:
 
 def run_quiet(command: list[str], cwd: Path, env: dict[str, str] | None = None,
               what: str | None = None) -> str:
-    """Run a short command (git, dvc config); return stdout, or raise one line naming what failed."""
+    """Run a short command (git, dvc config): its stdout, or one line naming what failed."""
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         detail = [line.strip() for line in (result.stderr + result.stdout).splitlines()

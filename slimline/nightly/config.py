@@ -1,20 +1,20 @@
 """The nightly line's settings, from environment variables (all optional):
 
-  SLIMLINE_REPO                  the project's git repository (default: the DAG file's project)
-  SLIMLINE_STATE_DIR             workspaces, run logs, the embedded storage (default <repo>/.nightly)
-  SLIMLINE_SOURCE_REF            the git revision each night builds (default HEAD)
-  SLIMLINE_PUBLISH_BRANCH        the versioning branch (default nightly)
-  SLIMLINE_GIT_REMOTE            also push the branch and tags there, and start a missing local
-                                 branch from its copy (default: none; origin's copy if cloned)
-  SLIMLINE_KEEP_RUNS             run worktrees kept on disk (default 14; the remote keeps all)
-  SLIMLINE_RUNNER                local (default), docker or kubernetes; the Airflow Variable
-                                 slimline_runner wins (their settings: slimline/nightly/containers.py)
-  SLIMLINE_S3_CONN_ID            take the S3 settings from this Airflow connection instead of env
-  SLIMLINE_SCHEDULE              cron (default "0 2 * * *": 02:00 UTC every night)
-  SLIMLINE_RETRIES               retries per task (default 2), with exponential back-off from
-  SLIMLINE_RETRY_DELAY_SECONDS   (default 300) up to one hour
-  SLIMLINE_STAGE_TIMEOUT_MINUTES execution timeout of a stage task (default 180)
-  SLIMLINE_STAGE_TIMEOUTS        per-stage exceptions, e.g. "distill=360,evaluate=60"
+SLIMLINE_REPO                  the project's git repository (default: the DAG file's project)
+SLIMLINE_STATE_DIR             workspaces, run logs, the embedded storage (default <repo>/.nightly)
+SLIMLINE_SOURCE_REF            the git revision each night builds (default HEAD)
+SLIMLINE_PUBLISH_BRANCH        the versioning branch (default nightly)
+SLIMLINE_GIT_REMOTE            also push the branch and tags there, and start a missing local
+                               branch from its copy (default: none; origin's copy if cloned)
+SLIMLINE_KEEP_RUNS             run worktrees kept on disk (default 14; the remote keeps all)
+SLIMLINE_RUNNER                local (default), docker or kubernetes; the Airflow Variable
+                               slimline_runner wins (their settings: slimline/nightly/containers.py)
+SLIMLINE_S3_CONN_ID            take the S3 settings from this Airflow connection instead of env
+SLIMLINE_SCHEDULE              cron (default "0 2 * * *": 02:00 UTC every night)
+SLIMLINE_RETRIES               retries per task (default 2), with exponential back-off from
+SLIMLINE_RETRY_DELAY_SECONDS   (default 300) up to one hour
+SLIMLINE_STAGE_TIMEOUT_MINUTES execution timeout of a stage task (default 180)
+SLIMLINE_STAGE_TIMEOUTS        per-stage exceptions, e.g. "distill=360,evaluate=60"
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class NightlyConfig:
     stage_timeouts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, default_repo: Path | None = None, env: dict | None = None) -> "NightlyConfig":
+    def from_env(cls, default_repo: Path | None = None, env: dict | None = None) -> NightlyConfig:
         env = os.environ if env is None else env
         repo_raw = env.get("SLIMLINE_REPO") or default_repo
         if repo_raw is None:

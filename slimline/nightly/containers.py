@@ -49,7 +49,7 @@ class ContainerSettings:
     gpu_node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "ContainerSettings":
+    def from_env(cls, env: dict | None = None) -> ContainerSettings:
         env = os.environ if env is None else env
         default = cls()
         selector = env.get("SLIMLINE_K8S_GPU_NODE_SELECTOR") or "=".join(default.gpu_node_selector)
@@ -58,7 +58,9 @@ class ContainerSettings:
             raise SlimlineError(f"SLIMLINE_K8S_GPU_NODE_SELECTOR = {selector!r} is not label=value")
         image = env.get("SLIMLINE_IMAGE") or default.image
         if "{stage}" not in image:
-            raise SlimlineError(f"SLIMLINE_IMAGE = {image!r} has no {{stage}}: every stage has its own image")
+            raise SlimlineError(
+                f"SLIMLINE_IMAGE = {image!r} has no {{stage}}: every stage has its own image"
+            )
         gpu = env.get("SLIMLINE_K8S_GPU_STAGES")
         return cls(
             image=image,

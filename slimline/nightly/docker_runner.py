@@ -7,15 +7,18 @@ worker's), and gets the storage settings as private environment (never rendered 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import Mount
 
-from slimline.nightly.containers import CONTAINER_ENV, ContainerSettings, git_common_dir, passthrough_env
+from slimline.nightly.containers import (
+    CONTAINER_ENV,
+    ContainerSettings,
+    git_common_dir,
+    passthrough_env,
+)
 from slimline.nightly.runner import Job, JobFailed, LogTee
 from slimline.nightly.storage import scrub
 
@@ -51,7 +54,9 @@ class DockerRunner:
     def __init__(self, settings: ContainerSettings | None = None):
         self.settings = settings or ContainerSettings.from_env()
 
-    def operator(self, job: Job, on_line: Callable[[str], None] | None = None) -> StageContainerOperator:
+    def operator(
+        self, job: Job, on_line: Callable[[str], None] | None = None
+    ) -> StageContainerOperator:
         folders = [job.workspace, *job.shared, git_common_dir(job.workspace)]
         owner = job.workspace.stat()
         return StageContainerOperator(
@@ -62,11 +67,13 @@ class DockerRunner:
             user=f"{owner.st_uid}:{owner.st_gid}",
             environment={**passthrough_env(), **CONTAINER_ENV},
             private_environment=dict(job.env),
-            mounts=[Mount(target=str(f), source=str(f), type="bind") for f in dict.fromkeys(folders)],
+            mounts=[
+                Mount(target=str(f), source=str(f), type="bind") for f in dict.fromkeys(folders)
+            ],
             docker_url=self.settings.docker_url,
             network_mode=self.settings.docker_network,
             mount_tmp_dir=False,
-            auto_remove="never",   # removed below, after its exit code is read
+            auto_remove="never",  # removed below, after its exit code is read
             force_pull=False,
             on_line=on_line,
         )

@@ -11,7 +11,7 @@ What a pod gets:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
@@ -26,8 +26,10 @@ SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
 IMAGE_UID = 10001   # the `slimline` user of docker/Dockerfile
 CPU_RESOURCES = k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"},
                                            limits={"cpu": "2", "memory": "4Gi"})
-GPU_RESOURCES = k8s.V1ResourceRequirements(requests={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
-                                           limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"})
+GPU_RESOURCES = k8s.V1ResourceRequirements(
+    requests={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+    limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+)
 VOLUME = "slimline-work"
 
 
@@ -41,8 +43,10 @@ class KubernetesRunner:
         volume_path = self.settings.volume_path
         for folder in (job.workspace, *job.shared):
             if not folder.is_relative_to(volume_path):
-                raise SlimlineError(f"kubernetes runner: {folder} is not on the shared volume "
-                                    f"{volume_path} (set SLIMLINE_REPO and SLIMLINE_STATE_DIR under it)")
+                raise SlimlineError(
+                    f"kubernetes runner: {folder} is not on the shared volume "
+                    f"{volume_path} (set SLIMLINE_REPO and SLIMLINE_STATE_DIR under it)"
+                )
         gpu = job.task in self.settings.gpu_stages
         plain_env = {key: value for key, value in job.env.items() if key not in SECRET_VARIABLES}
         label, value = self.settings.gpu_node_selector
@@ -57,14 +61,28 @@ class KubernetesRunner:
             secrets=[Secret("env", None, self.settings.s3_secret)],
             container_resources=GPU_RESOURCES if gpu else CPU_RESOURCES,
             node_selector={label: value} if gpu else None,
-            volumes=[k8s.V1Volume(name=VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=self.settings.volume_claim))],
+            volumes=[
+                k8s.V1Volume(
+                    name=VOLUME,
+                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                        claim_name=self.settings.volume_claim
+                    ),
+                )
+            ],
             volume_mounts=[k8s.V1VolumeMount(name=VOLUME, mount_path=str(volume_path))],
-            # KubernetesPodOperator has no working_dir argument; the base container takes it from here.
-            full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[
-                k8s.V1Container(name="base", working_dir=str(job.workspace))])),
-            security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=IMAGE_UID,
-                                                      run_as_group=IMAGE_UID, fs_group=IMAGE_UID),
+            # KubernetesPodOperator has no working_dir argument; the base container takes it
+            # from here.
+            full_pod_spec=k8s.V1Pod(
+                spec=k8s.V1PodSpec(
+                    containers=[k8s.V1Container(name="base", working_dir=str(job.workspace))]
+                )
+            ),
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=IMAGE_UID,
+                run_as_group=IMAGE_UID,
+                fs_group=IMAGE_UID,
+            ),
             labels={"app.kubernetes.io/name": "slimline", "slimline/stage": job.task},
             on_finish_action="delete_pod",
             get_logs=True,
@@ -82,7 +100,9 @@ class KubernetesRunner:
             except Exception as exc:  # the provider raises AirflowException with the pod's state
                 code = _exit_code(operator)
                 forward(scrub(f"{job.task}: pod failed (exit {code}): {exc}", job.secrets))
-                raise JobFailed(job.task, code, str(exc).splitlines()[0] if str(exc) else "") from None
+                raise JobFailed(
+                    job.task, code, str(exc).splitlines()[0] if str(exc) else ""
+                ) from None
 
 
 def _exit_code(operator: KubernetesPodOperator) -> int:

@@ -20,7 +20,7 @@ Overrides are given nested or with dotted keys, or both:
     {"prune": {"keep_ratio": 0.6}}      {"prune.keep_ratio": 0.6, "model.widths": [8, 16, 32]}
 
 Mappings merge key by key; anything else replaces the value. The merged result goes through
-slimline.params.parse_params, so a wrong type or an out-of-range value stops the run before any
+slimline.config.load.parse_params, so a wrong type or an out-of-range value stops the run before any
 work with the same one-line message a bad params.yaml gives.
 """
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel
 
+from slimline.config.load import parse_params
+from slimline.config.params import Params, deep_merge
+from slimline.config.profiles import PROFILE_NAME, available_profiles
 from slimline.errors import SlimlineError
-from slimline.params import Params, deep_merge, parse_params
-from slimline.profiles import PROFILE_NAME, available_profiles
 
 SOURCE = "run overrides"
 ALLOW_VARIABLE = "SLIMLINE_OVERRIDES_ALLOW"
@@ -158,8 +159,10 @@ def check_allowed(nested: dict, profiles: list[str], allow: list[str] | None = N
             continue
         reason = policy[key]
         if reason is not None:
-            raise SlimlineError(f"{SOURCE}: {key} is refused: {reason}; a run's trigger may only set "
-                                f"technique knobs (the deployment can allow more in {ALLOW_VARIABLE})")
+            raise SlimlineError(
+                f"{SOURCE}: {key} is refused: {reason}; a run's trigger may only set "
+                f"technique knobs (the deployment can allow more in {ALLOW_VARIABLE})"
+            )
 
 
 def check_target(name, profiles: list[str]) -> None:
@@ -167,8 +170,10 @@ def check_target(name, profiles: list[str]) -> None:
     if name is None:
         return
     if not isinstance(name, str) or not PROFILE_NAME.match(name):
-        raise SlimlineError(f"{SOURCE}: target = {name!r} is refused: a profile is named by its bare "
-                            "name (letters, digits, '_' and '-'), never a path")
+        raise SlimlineError(
+            f"{SOURCE}: target = {name!r} is refused: a profile is named by its bare "
+            "name (letters, digits, '_' and '-'), never a path"
+        )
     if name not in profiles:
         raise SlimlineError(f"{SOURCE}: target = {name!r} is refused: no such profile in profiles/ "
                             f"(known: {', '.join(profiles) or 'none'})")
@@ -180,7 +185,9 @@ def merge_overrides(params: dict, overrides: dict | None, profiles_dir: Path | N
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
-        raise SlimlineError(f"{SOURCE}: expected a mapping of params, got {type(overrides).__name__}")
+        raise SlimlineError(
+            f"{SOURCE}: expected a mapping of params, got {type(overrides).__name__}"
+        )
     nested = _nest(overrides)
     check_allowed(nested, available_profiles(profiles_dir) if profiles_dir else [])
     merged = deep_merge(params or {}, nested)
@@ -189,7 +196,7 @@ def merge_overrides(params: dict, overrides: dict | None, profiles_dir: Path | N
 
 
 def _leaf_schemas() -> dict[str, dict]:
-    """Dotted key -> JSON schema of every params leaf (types, ranges, enums), from the params schema."""
+    """Dotted key -> JSON schema of every params leaf (types, ranges, enums), from the schema."""
     schema = Params.model_json_schema()
     sections = schema["$defs"]
 
@@ -199,7 +206,11 @@ def _leaf_schemas() -> dict[str, dict]:
             if ref:
                 yield from walk(sections[ref.rsplit("/", 1)[-1]]["properties"], f"{prefix}{name}.")
             else:
-                yield f"{prefix}{name}", {k: v for k, v in prop.items() if k not in ("default", "title")}
+                yield (
+                    f"{prefix}{name}",
+                    {k: v for k, v in prop.items() if k not in ("default", "title")},
+                )
+
     return dict(walk(schema["properties"], ""))
 
 

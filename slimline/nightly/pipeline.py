@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-
+from slimline.config.params import read_yaml
 from slimline.errors import SlimlineError
-from slimline.params import read_yaml
 
 OUTPUT_KINDS = ("outs", "metrics", "plots")
 

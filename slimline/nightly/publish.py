@@ -20,21 +20,25 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from slimline.atomic import write_json, write_text
+from slimline.artifact.atomic import write_json, write_text
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_streaming
 from slimline.nightly.pipeline import load_pipeline
-from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
-                                    with_retries)
-from slimline.nightly.storage import S3Settings, configure_dvc_remote
+from slimline.nightly.retry import (
+    RetryPolicy,
+    TransientStorageError,
+    limit_request_retries,
+    with_retries,
+)
 from slimline.nightly.step import UNREACHABLE_REASON, apply_upstream, storage_reason
-from slimline.trend import COMPARISON_FILE, GATE_KEY, TREND_PLOT, night_tag, nights_section
+from slimline.nightly.storage import S3Settings, configure_dvc_remote
+from slimline.report.trend import COMPARISON_FILE, GATE_KEY, TREND_PLOT, night_tag, nights_section
 
 REPORT = Path("reports/report.md")
 GATE_METRICS = Path("metrics/evaluate.json")
@@ -68,7 +72,11 @@ def gate_verdict(workspace: Path) -> tuple[bool, str]:
     if GATE_KEY not in metrics:
         return True, f"{GATE_METRICS} has no {GATE_KEY} key: treated as passed"
     passed = bool(metrics[GATE_KEY])
-    return passed, f"evaluate's gate {'passed' if passed else 'failed'} ({GATE_METRICS}: {GATE_KEY} = {metrics[GATE_KEY]})"
+    return (
+        passed,
+        f"evaluate's gate {'passed' if passed else 'failed'} "
+        f"({GATE_METRICS}: {GATE_KEY} = {metrics[GATE_KEY]})",
+    )
 
 
 def git_identity() -> dict[str, str]:
@@ -151,7 +159,9 @@ def _dvc_remote(arguments: list[str], workspace: Path, settings: S3Settings,
                             "nothing was committed or tagged")
 
     try:
-        with_retries(attempt, f"dvc {arguments[0]} to {settings.where}", RetryPolicy.from_env(), on_line)
+        with_retries(
+            attempt, f"dvc {arguments[0]} to {settings.where}", RetryPolicy.from_env(), on_line
+        )
     except SlimlineError as exc:
         if str(exc).startswith("publish:"):
             raise
@@ -163,7 +173,9 @@ def _tracked_outputs(workspace: Path) -> list[str]:
     publish's own comparison with the previous night."""
     paths = ["dvc.lock", "params.yaml", str(COMPARISON_FILE), str(TREND_PLOT)]
     for stage in load_pipeline(workspace / "dvc.yaml").values():
-        paths += [out.path for out in stage.outputs if not out.cached and (workspace / out.path).exists()]
+        paths += [
+            out.path for out in stage.outputs if not out.cached and (workspace / out.path).exists()
+        ]
     return paths
 
 
@@ -202,7 +214,7 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
     repo = workspace  # a worktree shares its repository's branches and tags
     configure_dvc_remote(workspace, settings)
     follow_published_branch(repo, branch, git_remote)
-    for attempt in range(ATTEMPTS):
+    for _ in range(ATTEMPTS):
         previous = branch_tip(repo, branch)
         previous_tag = night_tag(repo, previous) if previous else None
         section = comparison_section(workspace, previous, previous_tag or f"the tip of {branch}")
@@ -224,10 +236,18 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
         run_quiet(["git", "push", git_remote, f"refs/heads/{branch}", f"refs/tags/{tag}"], repo,
                   what=f"git push to {git_remote}")
     published = Published(
-        tag=tag, commit=commit, branch=branch, previous=previous, workspace=str(workspace),
-        report=str(workspace / REPORT), comparison=str(comparison), stage_logs=str(workspace / "logs"),
-        task_logs=str(run_dir / "logs"), model=str(workspace / shipped_model_path(workspace)),
-        remote=settings.where)
+        tag=tag,
+        commit=commit,
+        branch=branch,
+        previous=previous,
+        workspace=str(workspace),
+        report=str(workspace / REPORT),
+        comparison=str(comparison),
+        stage_logs=str(workspace / "logs"),
+        task_logs=str(run_dir / "logs"),
+        model=str(workspace / shipped_model_path(workspace)),
+        remote=settings.where,
+    )
     write_json(run_dir / "published.json", asdict(published))
     return published
 
@@ -236,7 +256,8 @@ EXIT_GATE_FAILED, EXIT_STORAGE, EXIT_BAD_INPUT = 4, 3, 2
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m slimline.nightly.publish --run-id ID --date YYYY-MM-DD --run-dir DIR  (cwd: workspace)"""
+    """python -m slimline.nightly.publish --run-id ID --date YYYY-MM-DD --run-dir DIR
+    (cwd: the workspace)"""
     parser = argparse.ArgumentParser(prog="python -m slimline.nightly.publish")
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--date", required=True, help="the night, YYYY-MM-DD (UTC)")
@@ -262,9 +283,16 @@ def main(argv: list[str] | None = None) -> None:
                             on_line=lambda line: print(line, flush=True))
     except SlimlineError as exc:
         print(f"slimline nightly: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_STORAGE if " to s3://" in str(exc) or str(exc).startswith("storage") else EXIT_BAD_INPUT)
-    print(f"publish: tagged {published.tag} ({published.commit[:10]}) on branch {published.branch}; "
-          f"comparison with the previous night: {published.comparison}", flush=True)
+        sys.exit(
+            EXIT_STORAGE
+            if " to s3://" in str(exc) or str(exc).startswith("storage")
+            else EXIT_BAD_INPUT
+        )
+    print(
+        f"publish: tagged {published.tag} ({published.commit[:10]}) on branch {published.branch}; "
+        f"comparison with the previous night: {published.comparison}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from slimline.errors import SlimlineError
 
@@ -49,7 +50,7 @@ class RetryPolicy:
     max_delay: float = 120.0
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "RetryPolicy":
+    def from_env(cls, env: dict | None = None) -> RetryPolicy:
         env = os.environ if env is None else env
 
         def number(name: str, default: float, minimum: float) -> float:

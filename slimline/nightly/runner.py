@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_streaming
@@ -44,7 +45,7 @@ class Runner(Protocol):
     name: str
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> None:
-        """Run the job to completion, streaming its output to on_line; raise JobFailed if it fails."""
+        """Run the job to completion, streaming its output to on_line; JobFailed if it fails."""
 
 
 class LocalRunner:
@@ -58,11 +59,18 @@ class LocalRunner:
 
     def environment(self, job: Job) -> dict[str, str]:
         # Storage variables come only from the job, never from whatever this process inherited.
-        env = {key: value for key, value in os.environ.items() if not key.startswith(STORAGE_VARIABLES)}
+        env = {
+            key: value for key, value in os.environ.items() if not key.startswith(STORAGE_VARIABLES)
+        }
         env.pop("PYTHONPATH", None)  # the scheduler's import path is not the project's
         bin_dir = str(Path(self.python).parent)
-        # DVC_NO_ANALYTICS: no usage reports from the stages' machines (and no waits on them offline).
-        env.update(job.env, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+        # DVC_NO_ANALYTICS: no usage reports from the stages' machines (no waits on them offline).
+        env.update(
+            job.env,
+            PYTHONUNBUFFERED="1",
+            DVC_NO_ANALYTICS="1",
+            PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        )
         return env
 
     def run(self, job: Job, on_line: Callable[[str], None]) -> None:
@@ -79,7 +87,7 @@ class LogTee:
     def __init__(self, job: Job, on_line: Callable[[str], None]):
         self.job, self.on_line, self.last_line, self.log = job, on_line, "", None
 
-    def __enter__(self) -> "LogTee":
+    def __enter__(self) -> LogTee:
         if self.job.log_file:
             self.job.log_file.parent.mkdir(parents=True, exist_ok=True)
             self.log = open(self.job.log_file, "a")
@@ -109,7 +117,9 @@ RUNNERS: dict[str, str] = {
 
 def get_runner(name: str) -> Runner:
     if name not in RUNNERS:
-        raise SlimlineError(f"runner '{name}' is not available (known: {', '.join(sorted(RUNNERS))}); "
-                            "set SLIMLINE_RUNNER or the Airflow Variable slimline_runner")
+        raise SlimlineError(
+            f"runner '{name}' is not available (known: {', '.join(sorted(RUNNERS))}); "
+            "set SLIMLINE_RUNNER or the Airflow Variable slimline_runner"
+        )
     module, _, cls = RUNNERS[name].partition(":")
     return getattr(importlib.import_module(module), cls)()

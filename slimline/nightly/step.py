@@ -1,6 +1,6 @@
 """One stage of one run, as a runner executes it (the same command locally or in a container):
 
-    python -m slimline.nightly.step <stage> [--upstream FILE] [--result FILE]     (cwd: the workspace)
+    python -m slimline.nightly.step <stage> [--upstream FILE] [--result FILE]   (cwd: the workspace)
 
 1. take the upstream stages' results (their dvc.lock entries and git-tracked outputs such as
    metrics), so this machine knows exactly which artifacts to fetch;
@@ -30,12 +30,16 @@ from pathlib import Path
 
 import yaml
 
-from slimline.atomic import write_json
+from slimline.artifact.atomic import write_json
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import end_group_on_sigterm, run_dvc_in_process
 from slimline.nightly.pipeline import load_pipeline
-from slimline.nightly.retry import (RetryPolicy, TransientStorageError, limit_request_retries,
-                                    with_retries)
+from slimline.nightly.retry import (
+    RetryPolicy,
+    TransientStorageError,
+    limit_request_retries,
+    with_retries,
+)
 from slimline.nightly.storage import S3Settings, configure_dvc_remote, explain_s3_error
 
 EXIT_BAD_INPUT, EXIT_STORAGE, EXIT_FAILED = 2, 3, 1
@@ -123,8 +127,10 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
     if reason:
         raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
     errors = [line for line in output if line.startswith("ERROR")]
-    raise StepError(f"dvc {verb} failed (exit {code}): {errors[-1] if errors else 'see the output above'}",
-                    EXIT_FAILED)
+    raise StepError(
+        f"dvc {verb} failed (exit {code}): {errors[-1] if errors else 'see the output above'}",
+        EXIT_FAILED,
+    )
 
 
 def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> None:
@@ -200,7 +206,9 @@ def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     if not any(RESTORED_MARKER in line for line in output):  # ran now, or in a retried attempt
         save_run_cache_entry(workspace, stage)
     retried(lambda: _dvc(["push", "--run-cache", stage], workspace, settings), "dvc push")
-    retried(lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}")
+    retried(
+        lambda: push_uncached_outputs(workspace, stage, settings), f"pushing the metrics of {stage}"
+    )
     return stage_result(workspace, stage, reused)
 
 
@@ -224,8 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_STORAGE if str(exc).startswith("storage") else EXIT_BAD_INPUT)
     if args.result:
         write_json(args.result, result)
-    print(f"slimline nightly: stage {args.stage} {'reused from the run cache' if result['reused'] else 'ran'}"
-          f"; outputs pushed to {S3Settings.from_env().where}", flush=True)
+    print(
+        f"slimline nightly: stage {args.stage} "
+        f"{'reused from the run cache' if result['reused'] else 'ran'}"
+        f"; outputs pushed to {S3Settings.from_env().where}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

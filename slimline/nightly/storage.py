@@ -38,7 +38,7 @@ class S3Settings:
     credentials_from: str = ENV_CREDENTIALS
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "S3Settings":
+    def from_env(cls, env: dict | None = None) -> S3Settings:
         env = os.environ if env is None else env
         bucket = env.get("SLIMLINE_S3_BUCKET")
         if not bucket:
@@ -63,11 +63,15 @@ class S3Settings:
 
     def env(self) -> dict[str, str]:
         """The variables a child process (dvc, a stage step) needs to reach the remote."""
-        values = {"SLIMLINE_S3_BUCKET": self.bucket, "SLIMLINE_S3_PREFIX": self.prefix,
-                  "SLIMLINE_S3_ENDPOINT": self.endpoint or "", "SLIMLINE_S3_REGION": self.region or "",
-                  "AWS_ACCESS_KEY_ID": self.access_key or "",
-                  "AWS_SECRET_ACCESS_KEY": self.secret_key or "",
-                  "SLIMLINE_S3_CREDENTIALS_FROM": self.credentials_from}
+        values = {
+            "SLIMLINE_S3_BUCKET": self.bucket,
+            "SLIMLINE_S3_PREFIX": self.prefix,
+            "SLIMLINE_S3_ENDPOINT": self.endpoint or "",
+            "SLIMLINE_S3_REGION": self.region or "",
+            "AWS_ACCESS_KEY_ID": self.access_key or "",
+            "AWS_SECRET_ACCESS_KEY": self.secret_key or "",
+            "SLIMLINE_S3_CREDENTIALS_FROM": self.credentials_from,
+        }
         return {key: value for key, value in values.items() if value}
 
     def secrets(self) -> list[str]:
@@ -107,11 +111,16 @@ def _client(settings: S3Settings):
     import boto3  # imported here: the DAG file imports this module and must stay light
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=settings.endpoint, region_name=settings.region or "us-east-1",
-                        aws_access_key_id=settings.access_key,
-                        aws_secret_access_key=settings.secret_key,
-                        config=Config(connect_timeout=5, read_timeout=30,
-                                      retries={"max_attempts": 2, "mode": "standard"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint,
+        region_name=settings.region or "us-east-1",
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        config=Config(
+            connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}
+        ),
+    )
 
 
 def explain_s3_error(code: str, credentials_from: str = ENV_CREDENTIALS) -> str:
@@ -154,11 +163,13 @@ def check_access(settings: S3Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`configure`: point this checkout's DVC at the remote (e.g. in a fresh clone, before `dvc pull`);
+    """`configure`: point this checkout's DVC at the remote (in a fresh clone, before `dvc pull`);
     `check`: verify the bucket answers to these credentials."""
     parser = argparse.ArgumentParser(prog="python -m slimline.nightly.storage")
     parser.add_argument("action", choices=["configure", "check"])
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the DVC project (default: here)")
+    parser.add_argument(
+        "--repo", type=Path, default=Path("."), help="the DVC project (default: here)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = S3Settings.from_env()

@@ -21,19 +21,26 @@ def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
     published = run_dir / "published.json"
     if published.is_file():
         info = json.loads(published.read_text())
-        return True, "\n".join([
-            f"published: {info['tag']} (commit {info['commit'][:10]} on branch {info['branch']})",
-            f"report:    {info['report']}",
-            f"compared:  {info.get('comparison', '(not recorded)')} (with the previous night; "
-            f"in git on {info['branch']})",
-            f"stage logs: {info['stage_logs']}/<stage>.log",
-            f"task logs: {info['task_logs']}/<task>.log (every command each task ran)",
-            f"model:     {info['model']} (in the remote: {info['remote']})",
-            f"elsewhere: git checkout {info['tag']} && python -m slimline.nightly.storage configure "
-            "&& dvc pull  (with the storage variables set)",
-        ])
+        return True, "\n".join(
+            [
+                f"published: {info['tag']} (commit {info['commit'][:10]} on branch "
+                f"{info['branch']})",
+                f"report:    {info['report']}",
+                f"compared:  {info.get('comparison', '(not recorded)')} (with the previous night; "
+                f"in git on {info['branch']})",
+                f"stage logs: {info['stage_logs']}/<stage>.log",
+                f"task logs: {info['task_logs']}/<task>.log (every command each task ran)",
+                f"model:     {info['model']} (in the remote: {info['remote']})",
+                f"elsewhere: git checkout {info['tag']} && "
+                "python -m slimline.nightly.storage configure "
+                "&& dvc pull  (with the storage variables set)",
+            ]
+        )
     if not workspace.exists():
-        return False, f"run {run_id}: no workspace; it failed before any work (see the task log above)"
+        return (
+            False,
+            f"run {run_id}: no workspace; it failed before any work (see the task log above)",
+        )
     evaluate_log = run_dir / "logs" / "evaluate.log"
     gate_failed = evaluate_log.is_file() and "gate failed" in evaluate_log.read_text()
     reason = ("evaluate's gate failed: nothing published (the report says why)" if gate_failed
@@ -48,7 +55,11 @@ def describe(state_dir: Path, run_id: str) -> tuple[bool, str]:
 
 def latest_run(state_dir: Path) -> str | None:
     """The newest run folder's name (a run key, which describe() accepts like a run id)."""
-    runs = [p for p in (state_dir / "runs").glob("*") if p.is_dir()] if (state_dir / "runs").is_dir() else []
+    runs = (
+        [p for p in (state_dir / "runs").glob("*") if p.is_dir()]
+        if (state_dir / "runs").is_dir()
+        else []
+    )
     return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
 
 

@@ -1,7 +1,7 @@
 """The Airflow task callables of dags/slimline_nightly.py (the only module here that knows Airflow).
 
 setup_workspace  validate the run's overrides and the storage, create the run's worktree
-run_stage        one dvc.yaml stage through the configured runner (pull deps, repro, push outs)
+stage_task       one dvc.yaml stage through the configured runner (pull deps, repro, push outs)
 publish          through the runner: gate check, push, versioning branch + tag, comparison
 search           (slimline_search DAG) the budget-driven search for a target, in the run's workspace
 
@@ -15,8 +15,11 @@ import logging
 import os
 from pathlib import Path
 
-from airflow.sdk.exceptions import (AirflowFailException, AirflowNotFoundException,
-                                    AirflowSkipException)
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 
 from slimline.errors import SlimlineError
 from slimline.nightly.config import NightlyConfig
@@ -51,12 +54,16 @@ def storage_settings(config: NightlyConfig) -> S3Settings:
         bucket = extra.get("bucket") or os.environ.get("SLIMLINE_S3_BUCKET")
         if not bucket:
             raise SlimlineError(f"storage: connection {config.s3_conn_id} has no extra 'bucket'")
-        settings = S3Settings(bucket=bucket, endpoint=extra.get("endpoint_url") or conn.host or None,
-                              prefix=str(extra.get("prefix", "slimline")).strip("/"),
-                              region=extra.get("region_name"), access_key=conn.login,
-                              secret_key=conn.password,
-                              credentials_from=f"the login and password of the Airflow connection "
-                                               f"'{config.s3_conn_id}'")
+        settings = S3Settings(
+            bucket=bucket,
+            endpoint=extra.get("endpoint_url") or conn.host or None,
+            prefix=str(extra.get("prefix", "slimline")).strip("/"),
+            region=extra.get("region_name"),
+            access_key=conn.login,
+            secret_key=conn.password,
+            credentials_from=f"the login and password of the Airflow connection "
+            f"'{config.s3_conn_id}'",
+        )
     else:
         settings = S3Settings.from_env()
     from airflow.sdk.log import mask_secret
@@ -80,7 +87,8 @@ def _night(context) -> str:
 
 def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
     """Check the trigger's input (the form's schema can be bypassed through the API), the runner
-    and the storage, then create the run's worktree. `for_search`: the slimline_search DAG's setup."""
+    and the storage, then create the run's worktree. `for_search`: the slimline_search DAG's
+    setup."""
     config = _config(project)
     settings = context["params"] or {}
     overrides = settings.get("overrides") or {}
@@ -110,7 +118,9 @@ def _workspace_for(context, config: NightlyConfig):
     setup = context["ti"].xcom_pull(task_ids=SETUP_TASK)
     params = (params_with_overrides(config.repo, setup["revision"], setup["overrides"])
               if setup["overrides"] else None)
-    return ensure_workspace(config.repo, config.state_dir, setup["run_id"], setup["revision"], params)
+    return ensure_workspace(
+        config.repo, config.state_dir, setup["run_id"], setup["revision"], params
+    )
 
 
 def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace) -> None:
@@ -123,8 +133,10 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     runner.run(job, log.info)
 
 
-def _run_or_fail(config: NightlyConfig, task: str, module_args: list[str], workspace, what: str) -> None:
-    """_run_job, with a bad-input exit failing the task at once and anything else left to retries."""
+def _run_or_fail(
+    config: NightlyConfig, task: str, module_args: list[str], workspace, what: str
+) -> None:
+    """_run_job; a bad-input exit fails the task at once, anything else is left to retries."""
     try:
         _run_job(config, task, module_args, workspace)
     except JobFailed as exc:
@@ -140,13 +152,16 @@ def _exchange_dir(workspace) -> Path:
     return folder
 
 
-def run_stage(project: str, stage: str, **context) -> dict:
+def stage_task(project: str, stage: str, **context) -> dict:
     config = _config(project)
     workspace = _workspace_for(context, config)
     upstream = load_pipeline(workspace.root / "dvc.yaml")[stage].upstream
     results = [context["ti"].xcom_pull(task_ids=name) for name in upstream]
     exchange = _exchange_dir(workspace)
-    upstream_file, result_file = exchange / f"{stage}.upstream.json", exchange / f"{stage}.result.json"
+    upstream_file, result_file = (
+        exchange / f"{stage}.upstream.json",
+        exchange / f"{stage}.result.json",
+    )
     upstream_file.write_text(json.dumps([r for r in results if r]))
     result_file.unlink(missing_ok=True)
     _run_or_fail(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
@@ -161,9 +176,19 @@ def publish(project: str, **context) -> dict:
     results = [context["ti"].xcom_pull(task_ids=name) for name in stages]
     upstream_file = _exchange_dir(workspace) / "publish.upstream.json"
     upstream_file.write_text(json.dumps([r for r in results if r]))
-    arguments = ["slimline.nightly.publish", "--run-id", context["run_id"], "--date", _night(context),
-                 "--run-dir", str(workspace.run_dir), "--branch", config.branch,
-                 "--upstream", str(upstream_file)]
+    arguments = [
+        "slimline.nightly.publish",
+        "--run-id",
+        context["run_id"],
+        "--date",
+        _night(context),
+        "--run-dir",
+        str(workspace.run_dir),
+        "--branch",
+        config.branch,
+        "--upstream",
+        str(upstream_file),
+    ]
     if config.git_remote:
         arguments += ["--git-remote", config.git_remote]
     (workspace.run_dir / "published.json").unlink(missing_ok=True)
@@ -200,7 +225,11 @@ def search(project: str, **context) -> dict:
               "pick": json.loads((folder / "front.json").read_text())["pick"]}
     if settings.get("write_profile"):
         result["profile"] = str(workspace.root / "profiles" / f"{settings['write_profile']}.yaml")
-    log.info("search for %s: front %s; pick %s; profile %s", target, result["front"],
-             result["pick"]["number"] if result["pick"] else "none (no candidate meets the budgets)",
-             result.get("profile", "not written"))
+    log.info(
+        "search for %s: front %s; pick %s; profile %s",
+        target,
+        result["front"],
+        result["pick"]["number"] if result["pick"] else "none (no candidate meets the budgets)",
+        result.get("profile", "not written"),
+    )
     return result

@@ -7,7 +7,7 @@ and profiles/ of that revision; the search DAG's `target` and `write_profile` as
 names; its numbers as numbers. The DAG's Params carry the same rules as a JSON schema so the
 trigger form shows them, but the API can bypass the form, so setup_workspace calls this again.
 
-    python -m slimline.nightly.trigger '{"prune.keep_ratio": 0.3}'    # exit 2 and one line if refused
+    python -m slimline.nightly.trigger '{"prune.keep_ratio": 0.3}'   # exit 2, one line if refused
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from slimline.config.profiles import PROFILE_NAME
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_quiet
 from slimline.nightly.overrides import SOURCE, check_target, merge_overrides
-from slimline.profiles import PROFILE_NAME
 
 PROFILES = "profiles"
 
@@ -49,7 +49,9 @@ def check_search(repo: Path, revision: str, settings: dict) -> None:
     """The search DAG's own params: target and write_profile bare names, positive numbers."""
     check_target(settings.get("target"), sorted(revision_profiles(repo, revision)))
     if settings.get("target") is None:
-        raise SlimlineError(f"{SOURCE}: target is required: the profile whose budgets the search meets")
+        raise SlimlineError(
+            f"{SOURCE}: target is required: the profile whose budgets the search meets"
+        )
     name = settings.get("write_profile")
     if name is not None and (not isinstance(name, str) or not PROFILE_NAME.match(name)):
         raise SlimlineError(f"{SOURCE}: write_profile = {name!r} is refused: a bare profile name "

@@ -91,7 +91,9 @@ def remove_old_workspaces(state_dir: Path, repo: Path, keep: int, current: str) 
                   key=lambda p: p.stat().st_mtime, reverse=True)
     removed = []
     for old in runs[max(keep - 1, 0):]:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=repo, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(old)], cwd=repo, capture_output=True
+        )
         shutil.rmtree(old, ignore_errors=True)
         removed.append(old.name)
     if removed:

@@ -1,0 +1,91 @@
+"""Two ONNX models side by side: a stage's input and output (what prune and decompose changed)
+or an fp32 model and its quantized twin (what quantize changed), measured in one run.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimline.data.splits import Inputs, Split
+from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
+from slimline.measure.latency import time_interleaved
+from slimline.measure.runtime import make_session, onnx_predict
+
+
+def compressed_size(path: str | Path) -> int:
+    """Bytes of the ONNX file after zlib (what a zipped download or a compressed store costs):
+    the size that unstructured sparsity does shrink, unlike the raw file."""
+    return len(zlib.compress(Path(path).read_bytes(), 6))
+
+
+def compare_onnx(before: str | Path, after: str | Path, example: Inputs, *, runs: int,
+                 threads: int = 1) -> dict[str, float]:
+    """Parameters, MACs, sizes and p50 latency on `example` (named inputs, batch 1) of two ONNX
+    models, measured side by side; flat keys, as the stages' metrics hold them."""
+    numbers = {}
+    for label, path in (("before", before), ("after", after)):
+        graph = load_onnx(path)
+        numbers[f"parameters_{label}"] = count_parameters(graph)
+        numbers[f"macs_{label}"] = count_macs(graph, example)
+        numbers[f"onnx_bytes_{label}"] = file_size(path)
+        numbers[f"onnx_zlib_bytes_{label}"] = compressed_size(path)
+    sessions = {"before": make_session(before, threads), "after": make_session(after, threads)}
+    timings = time_interleaved(sessions, example, runs=runs, warmup=20, rounds=10)
+    numbers["latency_p50_ms_before"] = timings["before"].percentile(50)
+    numbers["latency_p50_ms_after"] = timings["after"].percentile(50)
+    numbers["parameter_ratio"] = numbers["parameters_after"] / numbers["parameters_before"]
+    numbers["macs_ratio"] = numbers["macs_after"] / numbers["macs_before"]
+    numbers["latency_speedup"] = numbers["latency_p50_ms_before"] / numbers["latency_p50_ms_after"]
+    return numbers
+
+
+def describe_onnx_comparison(numbers: dict[str, float]) -> str:
+    """compare_onnx's figures as the one log line a reviewer reads."""
+    return ("ONNX Runtime (batch 1, 1 thread, interleaved): p50 {latency_p50_ms_before:.3f} ms -> "
+            "{latency_p50_ms_after:.3f} ms ({latency_speedup:.2f}x faster); parameters "
+            "{parameters_before:d} -> {parameters_after:d} ({parameter_ratio:.2f}x); MACs "
+            "{macs_before:d} -> {macs_after:d} ({macs_ratio:.2f}x)").format(**numbers)
+
+
+@dataclass
+class PrecisionComparison:
+    """An fp32 model and its quantized twin on val and test, timed side by side."""
+    quality: dict[str, dict[str, float]]   # "fp32" / "int8" -> split -> task quality
+    agreement: float | None                # classifier: test items where the two agree
+    size_bytes: dict[str, int]
+    latency_p50_ms: dict[str, float]
+
+    @property
+    def speedup(self) -> float:
+        return self.latency_p50_ms["fp32"] / self.latency_p50_ms["int8"]
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes["int8"] / self.size_bytes["fp32"]
+
+    def drop_points(self, split: str) -> float:
+        return 100 * (self.quality["fp32"][split] - self.quality["int8"][split])
+
+
+def compare_precisions(fp32: Path, int8: Path, splits: dict[str, Split], task, *, runs: int,
+                       rounds: int) -> PrecisionComparison:
+    """Quality on each split (a classifier's top-1 on the labels; an embedding model's int8
+    embeddings against fp32's, fp32 scoring 1), file sizes and batch-1 p50 latency."""
+    sessions = {"fp32": make_session(fp32), "int8": make_session(int8)}
+    outputs = {name: {split: onnx_predict(session, data.inputs) for split, data in splits.items()}
+               for name, session in sessions.items()}
+    quality = {name: {split: task.output_quality(outputs[name][split], outputs["fp32"][split],
+                                                 data.labels)
+                      for split, data in splits.items()} for name in sessions}
+    agreement = None if task.is_embedding else float(
+        (outputs["fp32"]["test"].argmax(1) == outputs["int8"]["test"].argmax(1)).mean())
+    example = splits["val"].head(1)
+    timings = time_interleaved(sessions, example, runs=runs, warmup=max(10, runs // 10),
+                               rounds=rounds)
+    return PrecisionComparison(
+        quality,
+        agreement,
+        {"fp32": file_size(fp32), "int8": file_size(int8)},
+        {name: timing.percentile(50) for name, timing in timings.items()},
+    )

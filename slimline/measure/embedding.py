@@ -1,0 +1,79 @@
+"""Embedding fidelity: how close a compressed encoder's sentence embeddings stay to the teacher's.
+
+For an encoder without a task head, top-1 means nothing; what a user relies on is that the
+compressed model places each text where the teacher did (mean cosine similarity of the two
+embeddings of the same text) and, when they provide labelled pairs, that similar pairs still
+score above dissimilar ones (pair accuracy at the best cosine threshold, per model, as
+sentence-embedding benchmarks report it).
+
+numpy only at import: evaluate and quantize use this module without the training stack.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `first` with the same row of `second`."""
+    first = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
+    second = second / np.maximum(np.linalg.norm(second, axis=1, keepdims=True), 1e-12)
+    return np.sum(first * second, axis=1)
+
+
+def embedding_fidelity(teacher: np.ndarray, student: np.ndarray) -> float:
+    """Mean cosine similarity of the student's embeddings to the teacher's (1.0 = identical)."""
+    if teacher.shape != student.shape:
+        raise ValueError(
+            f"embedding shapes differ: teacher {teacher.shape}, student {student.shape}"
+        )
+    return float(cosine_rows(teacher, student).mean())
+
+
+def best_threshold_accuracy(similarities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, threshold): pairs with similarity >= threshold are called similar (label 1);
+    the threshold is the one that classifies these pairs best."""
+    order = np.argsort(-similarities)
+    sorted_labels = labels[order]
+    # Calling the top k pairs similar: correct = positives among them + negatives below them.
+    positives_above = np.concatenate([[0], np.cumsum(sorted_labels)])
+    negatives_below = (len(labels) - labels.sum()) - np.concatenate(
+        [[0], np.cumsum(1 - sorted_labels)]
+    )
+    correct = positives_above + negatives_below
+    best = int(np.argmax(correct))
+    sorted_similarities = similarities[order]
+    threshold = (float(sorted_similarities[best - 1]) if best > 0
+                 else float(sorted_similarities[0]) + 1e-6)
+    return float(correct[best] / len(labels)), threshold
+
+
+def pair_correct(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
+                 labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per pair, whether the model judges it right at its best threshold (so two models can be
+    compared pair by pair, like top-1 correctness), and that threshold."""
+    similarities = cosine_rows(embeddings_a, embeddings_b)
+    _, threshold = best_threshold_accuracy(similarities, labels)
+    return (similarities >= threshold) == (labels == 1), threshold
+
+
+def retrieval_hits(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per text, whether the candidate's embedding is closest (cosine) to the reference's
+    embedding of the same text among the reference's embeddings of all texts (ties count)."""
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    similarities = unit(candidate) @ unit(reference).T
+    return np.diagonal(similarities) >= similarities.max(axis=1) - 1e-6
+
+
+def embedding_outcomes(
+    reference: np.ndarray, candidate: np.ndarray, pairs=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predictions) of an embedding model's judged task, so it can be compared with the
+    teacher item by item like a classifier: with labelled pairs `(embeddings a, embeddings b,
+    labels)`, similar (1) / dissimilar (0) at its best threshold; without, whether each test text
+    retrieves its own teacher embedding (1) or not (0)."""
+    if pairs is not None:
+        first, second, labels = pairs
+        correct, _ = pair_correct(first, second, labels)
+        return labels, np.where(correct, labels, 1 - labels)
+    hits = retrieval_hits(reference, candidate).astype(np.int64)
+    return np.ones_like(hits), hits

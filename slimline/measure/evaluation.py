@@ -1,0 +1,180 @@
+"""Every artifact of a night measured side by side in ONNX Runtime: quality on the test split
+(paired with the reference, item by item), size, parameters, MACs, batch-1 latency and batch
+throughput, timed interleaved. The first model is the reference (the teacher), the last the
+shipped one.
+
+A classifier is judged by test top-1. An embedding model (a transformer without a task head) is
+judged by its embeddings: fidelity (mean cosine to the teacher's) and, item by item like top-1,
+labelled pairs (data.text.pairs) or, without them, whether each test text's embedding retrieves
+the teacher's embedding of the same text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slimline.artifact.recipe import ONNX, Recipe, read_recipe
+from slimline.config.params import EvaluateParams
+from slimline.data.splits import Split
+from slimline.measure.embedding import embedding_fidelity, embedding_outcomes
+from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
+from slimline.measure.latency import time_interleaved
+from slimline.measure.runtime import check_feeds, make_session, onnx_predict
+from slimline.measure.stats import paired_difference, speedup_spread, too_noisy
+
+# Per-model keys copied into the flat metrics file (`<model>.<key>`), for `dvc metrics diff`.
+METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio", "parameters",
+               "macs", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "speedup",
+               "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
+               "mean_kl")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(reference || model) of the output distributions."""
+    p_log, q_log = log_softmax(reference_logits), log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1)))
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]                         # one per model, in the given order
+    outcomes: dict[str, tuple]               # model -> (labels, predictions) of the judged task
+    judged: str                              # what the top-1 column counts, in words
+    noisy: list[str] = field(default_factory=list)   # models whose speed-up the noise swamps
+
+    @property
+    def shipped(self) -> dict:
+        return self.rows[-1]
+
+    def metrics(self, task) -> dict:
+        """The flat per-model keys of the metrics file."""
+        metrics = {}
+        for row in self.rows:
+            for key in METRIC_KEYS:
+                if not (task.is_embedding and key == "mean_kl"):
+                    metrics[f"{row['name']}.{key}"] = row[key]
+            if task.is_embedding:
+                metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
+        return metrics
+
+
+def _judged_outcomes(sessions, outputs, test: Split, pairs, task) -> tuple[dict, str]:
+    """Per model (labels, predictions) of the task it is judged on (see the module docstring)."""
+    if not task.is_embedding:
+        return ({name: (test.labels, values.argmax(1)) for name, values in outputs.items()},
+                "test top-1")
+    reference = next(iter(outputs.values()))
+    outcomes = {}
+    for name, session in sessions.items():
+        pair_embeddings = None if pairs is None else (
+            onnx_predict(session, pairs[0].inputs), onnx_predict(session, pairs[1].inputs),
+            pairs[0].labels)
+        outcomes[name] = embedding_outcomes(reference, outputs[name], pair_embeddings)
+    judged = ("labelled pairs judged similar/dissimilar at each model's best cosine threshold"
+              if pairs else "test texts whose embedding retrieves the teacher's embedding of the "
+              "same text")
+    return outcomes, judged
+
+
+def evaluate_models(models: dict[str, Path], test: Split, task, settings: EvaluateParams, *,
+                    pairs=None, log=print) -> Evaluation:
+    """Measure every model artifact (name -> folder) on `test`; `pairs` (side a, side b splits)
+    are an embedding model's labelled pairs, if any."""
+    recipes: dict[str, Recipe] = {}
+    sessions, graphs, outputs = {}, {}, {}
+    for name, folder in models.items():
+        recipes[name] = read_recipe(folder)
+        graphs[name] = load_onnx(folder / ONNX)  # a clear line for a non-ONNX file or no outputs
+        sessions[name] = make_session(folder / ONNX, threads=settings.threads)
+        check_feeds(sessions[name], test.inputs, str(folder / ONNX))
+        outputs[name] = onnx_predict(sessions[name], test.inputs)
+    outcomes, judged = _judged_outcomes(sessions, outputs, test, pairs, task)
+    names = list(models)
+    reference = names[0]
+    for name in names:
+        labels, predictions = outcomes[name]
+        fidelity = (
+            f", embedding fidelity {embedding_fidelity(outputs[reference], outputs[name]):.4f}"
+            if task.is_embedding
+            else ""
+        )
+        log(f"{name:<10} {models[name]}, made by {' -> '.join(recipes[name].history)}: {judged} "
+            f"{100 * (predictions == labels).mean():.2f}%{fidelity}")
+
+    log(f"timing batch 1: {settings.latency_runs} runs per model in {settings.rounds} interleaved "
+        f"rounds, {settings.threads} thread(s)")
+    latency = time_interleaved(sessions, test.head(1), runs=settings.latency_runs,
+                               warmup=settings.warmup_runs, rounds=settings.rounds)
+    batch_size = min(len(test), settings.throughput_batch)
+    throughput_timing = time_interleaved(
+        sessions,
+        test.head(batch_size),
+        runs=settings.throughput_runs,
+        warmup=2,
+        rounds=min(settings.rounds, settings.throughput_runs),
+    )
+
+    reference_correct = np.equal(*outcomes[reference])
+    rows, spreads = [], {}
+    for name in names:
+        labels, predictions = outcomes[name]
+        paired = paired_difference(
+            reference_correct, predictions == labels, settings.gate.confidence
+        )
+        spreads[name] = speedup_spread(latency[reference].rounds, latency[name].rounds)
+        history = recipes[name].history
+        rows.append(
+            {
+                "name": name,
+                "status": history[-1] if history else "?",
+                "items": len(labels),
+                "top1": float((predictions == labels).mean()),
+                "diff": paired.difference,
+                "diff_low": paired.low,
+                "diff_high": paired.high,
+                "gained": paired.gained,
+                "lost": paired.lost,
+                "p_value": paired.p_value,
+                "paired": paired,
+                "size_mb": file_size(models[name] / ONNX) / 1e6,
+                "parameters": count_parameters(graphs[name]),
+                "macs": count_macs(graphs[name], test.head(1)),
+                "latency_p50_ms": latency[name].percentile(50),
+                "latency_p95_ms": latency[name].percentile(95),
+                "latency_p99_ms": latency[name].percentile(99),
+                "speedup": spreads[name].median,
+                "speedup_low": spreads[name].low,
+                "speedup_high": spreads[name].high,
+                "throughput": batch_size / (throughput_timing[name].percentile(50) / 1e3),
+                # An embedding model's agreement is its fidelity; KL between softmaxed embeddings
+                # would mean nothing (NaN: not applicable).
+                "agreement": (
+                    embedding_fidelity(outputs[reference], outputs[name])
+                    if task.is_embedding
+                    else float((predictions == outcomes[reference][1]).mean())
+                ),
+                "mean_kl": float("nan")
+                if task.is_embedding
+                else mean_kl(outputs[reference], outputs[name]),
+            }
+        )
+    for row in rows:
+        row["size_ratio"] = row["size_mb"] / rows[0]["size_mb"]
+        row["throughput_ratio"] = row["throughput"] / rows[0]["throughput"]
+        log(
+            f"{row['name']:<10} top-1 {100 * row['top1']:.2f}% ({100 * row['diff']:+.1f} pts, CI "
+            f"{100 * row['diff_low']:+.1f}..{100 * row['diff_high']:+.1f}), "
+            f"{row['size_mb']:.3f} MB ({row['size_ratio']:.3f}x), "
+            f"p50 {row['latency_p50_ms']:.3f} ms ({row['speedup']:.2f}x "
+            f"faster, rounds {row['speedup_low']:.2f}-{row['speedup_high']:.2f}), "
+            f"{row['throughput']:.0f}/s"
+        )
+    noisy = [name for name in names[1:] if too_noisy(spreads[name], settings.max_speedup_spread)]
+    return Evaluation(rows, outcomes, judged, noisy)

@@ -1,0 +1,47 @@
+"""The gate: the shipped model against its budgets; publish runs only when every check passes.
+
+Accuracy is judged on the paired interval by default ("interval" rule): the run fails only when
+even the most favourable end of the 95% interval drops more than allowed. On a 1,000-image test
+split one image is 0.1 point, so a point-estimate rule would flap on two images; with the interval
+rule a two-item difference never fails the gate and a real regression of a few points always does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slimline.measure.stats import PairedDifference
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    name: str
+    budget: float
+    measured: float        # the point estimate, as a person reads it
+    judged: float          # the value the rule compares with the budget
+    higher_is_better: bool
+    unit: str
+
+    @property
+    def margin(self) -> float:
+        """Positive: room left; negative: by how much the budget is missed."""
+        return self.judged - self.budget if self.higher_is_better else self.budget - self.judged
+
+    @property
+    def passed(self) -> bool:
+        return self.margin >= 0
+
+
+def check_budgets(gate, shipped_drop: PairedDifference, latency_ms: float, size_mb: float,
+                  throughput: float) -> list[BudgetCheck]:
+    """`gate` is params.evaluate.gate; drops are in points (100 x fraction)."""
+    drop_points = -100 * shipped_drop.difference
+    # The most favourable drop inside the interval (its lower end), or the point estimate.
+    judged_drop = -100 * shipped_drop.high if gate.rule == "interval" else drop_points
+    checks = [BudgetCheck("top-1 drop vs teacher", gate.max_top1_drop, drop_points, judged_drop,
+                          False, "points")]
+    optional = [("batch-1 latency p50", gate.max_latency_ms, latency_ms, False, "ms"),
+                ("ONNX file size", gate.max_size_mb, size_mb, False, "MB"),
+                ("batch throughput", gate.min_throughput, throughput, True, "images/s")]
+    checks += [BudgetCheck(name, budget, value, value, higher, unit)
+               for name, budget, value, higher, unit in optional if budget is not None]
+    return checks

@@ -1,0 +1,148 @@
+"""The night's report: one Markdown table, the gate, the plots, the lineage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slimline.artifact.atomic import atomic_dir, write_json
+from slimline.report.plots import confusion_plot, triangle_plot
+from slimline.report.trend import COMPARISON_FILE
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, detectable: float,
+                    noisy: list[str], per_class: list[float], lineage: dict, settings: dict) -> str:
+    lines = ["# Slimline report", ""]
+    passed = all(check.passed for check in checks)
+    lines += [f"**Gate: {'PASSED' if passed else 'FAILED'}** for the shipped model `{shipped}` "
+              f"(rule: `{gate_rule}`).", ""]
+    if noisy:
+        lines += [f"> **Warning: the machine was too noisy to trust the speed-up of "
+                  f"{', '.join(noisy)}**: per-round speed-ups spread more than "
+                  f"{100 * settings['max_speedup_spread']:.0f}% (see the spread column).", ""]
+    lines += ["## Models", ""]
+    header = [
+        "model",
+        "stage",
+        "top-1 %",
+        "Δ vs teacher (95% CI), points",
+        "flips +/−",
+        "size MB",
+        "× size",
+        "params",
+        "MACs",
+        "p50 / p95 / p99 ms",
+        "speed-up (round spread)",
+        f"img/s @{settings['throughput_batch']}",
+        "× thr",
+        "agree %",
+        "KL",
+    ]
+    table = []
+    for row in rows:
+        table.append(
+            [
+                row["name"],
+                row["status"],
+                f"{100 * row['top1']:.2f}",
+                f"{100 * row['diff']:+.1f} "
+                f"({100 * row['diff_low']:+.1f}, {100 * row['diff_high']:+.1f})",
+                f"{row['gained']}/{row['lost']}",
+                f"{row['size_mb']:.3f}",
+                f"{row['size_ratio']:.3f}",
+                f"{row['parameters']:,}",
+                f"{row['macs'] / 1e6:.1f} M",
+                f"{row['latency_p50_ms']:.3f} / {row['latency_p95_ms']:.3f} / "
+                f"{row['latency_p99_ms']:.3f}",
+                f"{row['speedup']:.2f}× ({row['speedup_low']:.2f}–{row['speedup_high']:.2f})",
+                f"{row['throughput']:.0f}",
+                f"{row['throughput_ratio']:.2f}",
+                f"{100 * row['agreement']:.1f}",
+                f"{row['mean_kl']:.4f}",
+            ]
+        )
+    lines += _table(header, table)
+    lines += [
+        "",
+        f"Latency: ONNX Runtime CPU execution provider, batch 1, "
+        f"{settings['threads']} intra-op thread(s), {settings['warmup_runs']} warm-up runs, "
+        f"{settings['latency_runs']} timed runs per model in {settings['rounds']} interleaved "
+        f"rounds; measured on `{lineage['cpu']['model']}` "
+        f"({lineage['cpu']['logical_cores']} logical cores, int8 flags: "
+        f"{', '.join(lineage['cpu']['int8_flags']) or 'none'}). "
+        "Size counts the whole ONNX file. Flips: test items the model got right and the "
+        "teacher wrong (+) and the reverse (−).",
+        "",
+        f"The {rows[0]['items']}-image test split can detect differences of "
+        f"{100 * detectable:.1f} points or more (exact McNemar test, 95%); smaller differences "
+        "are indistinguishable from noise.",
+        "",
+    ]
+    lines += [
+        "## Gate",
+        "",
+        "Budgets for the shipped model. Accuracy rule "
+        f"`{gate_rule}`: "
+        + (
+            "the drop judged is the most favourable end of the paired 95% "
+            "interval, so a difference of a couple of test items cannot "
+            "flip the gate while a regression of several points always does."
+            if gate_rule == "interval"
+            else "the point estimate of the drop is compared with the budget."
+        ),
+        "",
+    ]
+    lines += _table(["budget", "limit", "measured", "judged", "margin", "result"],
+                    [[c.name, f"{c.budget:g} {c.unit}", f"{c.measured:.3f}", f"{c.judged:.3f}",
+                      f"{c.margin:+.3f}", "pass" if c.passed else "FAIL"] for c in checks])
+    lines += [
+        "",
+        f"Night over night: a published night's comparison with the previous one (paired "
+        f"accuracy change, `dvc metrics diff`, trend) is `{COMPARISON_FILE}`, committed beside "
+        "`dvc.lock` on the versioning branch.",
+        "",
+    ]
+    lines += [
+        "## Plots",
+        "",
+        "![triangle](triangle.png)",
+        "",
+        f"![confusion matrix of {shipped}](confusion.png)",
+        "",
+        f"Per-class test accuracy of `{shipped}`: "
+        + ", ".join(f"{label}: {100 * value:.1f}%" for label, value in enumerate(per_class)),
+        "",
+    ]
+    lines += ["## Lineage", "", "```"]
+    lines += [f"{key}: {value}" for key, value in lineage.items()]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classes: int,
+                 detectable: float, lineage: dict, settings: dict) -> None:
+    """The report folder, written atomically: report.md, models.json (the rows DVC plots read),
+    lineage.json, the triangle plot and the shipped model's confusion matrix."""
+    shipped = evaluation.shipped["name"]
+    confusion = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(confusion, evaluation.outcomes[shipped], 1)
+    per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+    plain = [
+        {key: value for key, value in row.items() if key != "paired"} for row in evaluation.rows
+    ]
+    with atomic_dir(target) as tmp:
+        write_json(tmp / "models.json", plain)
+        write_json(tmp / "lineage.json", lineage)
+        triangle_plot(plain, tmp / "triangle.png")
+        confusion_plot(
+            confusion, f"{shipped}: confusion matrix (test split)", tmp / "confusion.png"
+        )
+        (tmp / "report.md").write_text(markdown_report(
+            rows=plain, checks=checks, gate_rule=gate_rule, shipped=shipped, detectable=detectable,
+            noisy=evaluation.noisy, per_class=per_class, lineage=lineage, settings=settings))

@@ -1,0 +1,142 @@
+"""The pieces the stages glue together, in-process: the Task chosen from a recipe, the evaluation
+rows of several artifacts, the fp32-vs-int8 comparison, the replay check and the student."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from slimline.artifact.edits import resize_edits
+from slimline.artifact.recipe import Recipe, write_onnx_artifact
+from slimline.artifact.store import check_replay, write_artifact
+from slimline.artifact.student import build_student
+from slimline.config.params import DistillParams, EvaluateParams
+from slimline.data.splits import Split
+from slimline.errors import SlimlineError
+from slimline.measure.comparison import compare_precisions
+from slimline.measure.evaluation import evaluate_models
+from slimline.models.architectures import build_model
+from slimline.task import CLASSIFICATION, EMBEDDING, Task, task_of
+
+FEATURES, CLASSES = 6, 3
+
+
+def linear_graph(path, weight: np.ndarray) -> None:
+    """An ONNX classifier `logits = input @ weight` with a dynamic batch axis."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "weight"], ["logits"])], "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        [numpy_helper.from_array(weight.astype(np.float32), "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def linear_artifact(folder, weight, history) -> None:
+    scratch = folder.with_suffix(".onnx")
+    linear_graph(scratch, weight)
+    recipe = Recipe(
+        "onnx",
+        {"file": "model.onnx"},
+        [{"name": "input", "dtype": "float32", "shape": [1, FEATURES], "axes": ["batch", None]}],
+        history=history,
+    )
+    write_onnx_artifact(folder, scratch, recipe)
+
+
+@pytest.fixture()
+def test_split() -> Split:
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((200, FEATURES)).astype(np.float32)
+    return Split(inputs, np.argmax(inputs[:, :CLASSES], axis=1).astype(np.int64))
+
+
+def test_the_task_comes_from_the_recipe_and_says_how_it_is_judged():
+    encoder = Recipe("huggingface", {"config": {}, "task": "embedding"}, [])
+    assert task_of(encoder) == Task(EMBEDDING) and task_of(encoder).metric == "embedding fidelity"
+    assert task_of(Recipe("resnet_digits", {}, [])) == Task(CLASSIFICATION)
+    outputs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert Task(CLASSIFICATION).output_quality(outputs, outputs, np.array([0, 0])) == 0.5
+    assert Task(EMBEDDING).output_quality(outputs, outputs, np.array([0, 0])) == pytest.approx(1.0)
+
+
+def test_evaluation_rows_pair_each_model_with_the_reference(tmp_path, test_split):
+    perfect = np.zeros((FEATURES, CLASSES))
+    perfect[np.arange(CLASSES), np.arange(CLASSES)] = 1.0
+    worse = perfect.copy()
+    worse[:, 2] = worse[:, 0]  # class 2 ties with class 0, which argmax prefers: never class 2
+    linear_artifact(tmp_path / "teacher", perfect, ["prepare"])
+    linear_artifact(tmp_path / "shipped", worse, ["prepare", "quantize"])
+    settings = EvaluateParams(latency_runs=200, warmup_runs=1, rounds=2, throughput_runs=2,
+                              throughput_batch=8)
+    lines = []
+    evaluation = evaluate_models({"teacher": tmp_path / "teacher", "shipped": tmp_path / "shipped"},
+                                 test_split, Task(CLASSIFICATION), settings, log=lines.append)
+    teacher, shipped = evaluation.rows
+    missed = int((test_split.labels == 2).sum())
+    assert teacher["top1"] == 1.0 and shipped["top1"] == pytest.approx(1 - missed / 200)
+    assert shipped["lost"] == missed and shipped["gained"] == 0 and shipped["diff_high"] < 0
+    assert shipped["status"] == "quantize" and teacher["size_ratio"] == 1.0
+    assert shipped["parameters"] == FEATURES * CLASSES and shipped["latency_p50_ms"] > 0
+    metrics = evaluation.metrics(Task(CLASSIFICATION))
+    assert metrics["shipped.top1"] == shipped["top1"] and "shipped.mean_kl" in metrics
+    assert any("shipped" in line and "test top-1" in line for line in lines)
+
+
+def test_precision_comparison_reports_drop_agreement_size_and_speed(tmp_path, test_split):
+    perfect = np.eye(FEATURES, CLASSES)
+    linear_graph(tmp_path / "fp32.onnx", perfect)
+    linear_graph(tmp_path / "int8.onnx", np.round(perfect * 0.5) * 2)  # class 0..2 survive
+    splits = {"val": test_split, "test": test_split}
+    compared = compare_precisions(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", splits,
+                                  Task(CLASSIFICATION), runs=20, rounds=2)
+    assert compared.quality["fp32"]["val"] == 1.0
+    assert compared.drop_points("test") == pytest.approx(
+        100 * (1 - compared.quality["int8"]["test"])
+    )
+    assert 0 <= compared.agreement <= 1 and compared.size_ratio == pytest.approx(1.0, abs=0.05)
+    assert compared.speedup > 0
+    embedded = compare_precisions(tmp_path / "fp32.onnx", tmp_path / "fp32.onnx", splits,
+                                  Task(EMBEDDING), runs=20, rounds=2)
+    assert embedded.agreement is None and embedded.quality["int8"]["test"] == pytest.approx(1.0)
+
+
+ARGUMENTS = {"in_channels": 1, "num_classes": 10, "widths": [4, 8, 8], "blocks_per_stage": 1}
+
+
+def test_a_recipe_that_does_not_rebuild_the_model_is_refused_before_anything_is_written(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet_digits", **ARGUMENTS)
+    narrower = build_model("resnet_digits", **{**ARGUMENTS, "widths": [4, 4, 8]})
+    recipe = Recipe("resnet_digits", ARGUMENTS, [1, 1, 28, 28])
+    check_replay(recipe, model)
+    with pytest.raises(SlimlineError, match="do not reproduce the model"):
+        check_replay(recipe, narrower)
+    with pytest.raises(SlimlineError, match="do not reproduce the model"):
+        write_artifact(
+            tmp_path / "bad", narrower, recipe, np.zeros((2, 1, 28, 28), np.float32), 1e-3
+        )
+    assert not (tmp_path / "bad").exists()
+    # the edits that describe the narrower model make its recipe rebuild it
+    check_replay(recipe.derive("prune", edits=resize_edits(model, narrower)), narrower)
+
+
+def test_the_student_is_the_input_model_or_a_fresh_narrower_one(tmp_path):
+    torch.manual_seed(0)
+    teacher = build_model("resnet_digits", **ARGUMENTS)
+    recipe = Recipe("resnet_digits", ARGUMENTS, [1, 1, 28, 28], history=["prepare"])
+    write_artifact(tmp_path / "input", teacher, recipe, np.zeros((2, 1, 28, 28), np.float32), 1e-3)
+    same = build_student(tmp_path / "input", recipe, DistillParams(), seed=0)
+    assert same.recipe.history == ["prepare", "distill"] and "the input model" in same.description
+    fresh = build_student(
+        tmp_path / "input", recipe, DistillParams(student_widths=[2, 4, 4]), seed=0
+    )
+    assert fresh.recipe.arguments["widths"] == [2, 4, 4] and "fresh" in fresh.description
+    assert sum(p.numel() for p in fresh.model.parameters()) < sum(
+        p.numel() for p in teacher.parameters()
+    )
+    with pytest.raises(SlimlineError, match="student_layers is for transformers"):
+        build_student(tmp_path / "input", recipe, DistillParams(student_layers=[0]), seed=0)

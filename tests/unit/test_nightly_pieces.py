@@ -1,0 +1,82 @@
+"""The nightly DAG end to end: real Airflow (`airflow dags test`), real DVC, a real SeaweedFS on
+loopback with credentials required, and the real stages on a tiny configuration.
+
+One SeaweedFS and one Airflow database serve the whole file; each run gets its own logical date,
+so its run id, workspace and tag are predictable.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from slimline.errors import SlimlineError
+from slimline.nightly.publish import gate_verdict
+from slimline.nightly.step import apply_upstream
+from slimline.nightly.storage import S3Settings, scrub
+from slimline.nightly.workspace import run_key
+
+# (test_containers.py and test_search_dag.py import these from here too)
+
+
+def test_publish_follows_the_gate_and_treats_a_missing_verdict_as_passed(tmp_path):
+    metrics = tmp_path / "metrics" / "evaluate.json"
+    metrics.parent.mkdir()
+    for content, expected in (({"gate_passed": 1}, True), ({"gate_passed": 0}, False), ({}, True)):
+        metrics.write_text(json.dumps(content))
+        passed, why = gate_verdict(tmp_path)
+        assert passed is expected
+    assert "no gate_passed key: treated as passed" in why
+
+
+def test_upstream_results_rebuild_the_lock_and_metrics_on_another_machine(tmp_path):
+    result = {"stage": "prepare", "lock": {"cmd": "python -m stages.prepare", "outs": []},
+              "files": {"metrics/prepare.json": '{"teacher_val_top1": 0.9}'}}
+    apply_upstream(tmp_path, [result])
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert lock["stages"]["prepare"] == result["lock"]
+    assert (tmp_path / "metrics" / "prepare.json").read_text() == result["files"][
+        "metrics/prepare.json"
+    ]
+
+
+def test_run_ids_become_safe_folder_names():
+    assert (
+        run_key("manual__2026-11-27T02:00:00.123+00:00") == "manual__2026-11-27T02-00-00.123-00-00"
+    )
+    assert run_key("scheduled__2026-11-27T02:00:00+00:00") != run_key(
+        "manual__2026-11-27T02:00:00+00:00"
+    )
+
+
+def test_output_is_scrubbed_of_keys():
+    settings = S3Settings(bucket="b", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")
+    assert scrub("key AKIAEXAMPLE secret s3cr3t-value", settings.secrets()) == "key *** secret ***"
+    assert "s3cr3t" not in repr(settings)
+def test_back_off_doubles_is_capped_and_is_configured_in_the_environment():
+    from slimline.nightly.retry import RetryPolicy, TransientStorageError, with_retries
+
+    policy = RetryPolicy.from_env(
+        {
+            "SLIMLINE_S3_ATTEMPTS": "5",
+            "SLIMLINE_S3_RETRY_DELAY_SECONDS": "3",
+            "SLIMLINE_S3_MAX_RETRY_DELAY_SECONDS": "10",
+        }
+    )
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [3, 6, 10, 10]
+    slept, said, calls = [], [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientStorageError("the storage endpoint cannot be reached")
+        return "done"
+
+    assert with_retries(flaky, "dvc push", policy, said.append, slept.append) == "done"
+    assert slept == [3, 6] and len(said) == 2 and "attempt 2/5" in said[1]
+    with pytest.raises(SlimlineError, match="SLIMLINE_S3_ATTEMPTS = 'many' is not a number"):
+        RetryPolicy.from_env({"SLIMLINE_S3_ATTEMPTS": "many"})
+
+
+# Credentials: the message names the setting to fix and never shows the secret.

@@ -1,0 +1,79 @@
+"""A run's trigger input is an allow-list of technique knobs: a conf that names code, a file, a
+data source or a profile outside profiles/ is refused in one line naming the key (the check
+itself; the doors that call it are tests/nightly/test_trigger.py). docs/reliability.md,
+"Threat model"."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimline.errors import SlimlineError
+from slimline.nightly.overrides import merge_overrides, refusals, trigger_schema
+from tests.conftest import ROOT
+
+# Each would run `touch <marker>` if it ever reached the code it names.
+PAYLOAD = "touch {marker}"
+REFUSED = {
+    "code": ({"model.factory": "os:system", "model.factory_args": {"command": PAYLOAD}},
+             "model.factory is refused: it names code"),
+    "code, nested": ({"data": {"factory": "os:system", "factory_args": {"command": PAYLOAD}}},
+                     "data.factory is refused: it names code"),
+    "path": ({"data.path": "/etc"}, "data.path is refused: it names a file"),
+    "model file": ({"model": {"onnx": "../../elsewhere/model.onnx"}}, "model.onnx is refused"),
+    "source switch": ({"data.source": "npz"}, "data.source is refused: it switches where"),
+    "traversing target": ({"target": "../../tmp/evil"}, "target = '../../tmp/evil' is refused"),
+    "unknown target": ({"target": "no_such_device"}, "no such profile in profiles/"),
+}
+
+
+def refused(name: str, marker: Path) -> dict:
+    overrides, _ = REFUSED[name]
+    return json.loads(json.dumps(overrides).replace("{marker}", str(marker)))
+
+
+def checked(overrides: dict) -> dict:
+    """The overrides merged into this checkout's params.yaml, allowed and validated."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return merge_overrides(params, overrides, ROOT / "profiles")
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_the_check_refuses_each_class_in_one_line_naming_the_key(name, tmp_path):
+    with pytest.raises(SlimlineError) as refusal:
+        checked(refused(name, tmp_path / "marker"))
+    message = str(refusal.value)
+    assert message.startswith("run overrides: ") and "\n" not in message
+    assert REFUSED[name][1] in message
+    assert not (tmp_path / "marker").exists()
+
+
+def test_technique_knobs_and_a_real_profile_are_allowed():
+    params = checked({"prune.keep_ratio": 0.3, "target": "phone", "model.widths": [8, 16, 32],
+                      "decompose": {"exclude": ["fc"]}})
+    assert params["prune"]["keep_ratio"] == 0.3 and params["target"] == "phone"
+
+
+def test_every_free_form_string_of_the_schema_is_refused_by_default():
+    """A key added to the schema later is refused unless it is a number, flag or choice."""
+    policy = refusals()
+    for key in ("data.path", "model.path", "model.onnx", "model.weights", "data.text.pairs",
+                "data.factory", "model.factory", "data.factory_args", "model.factory_args",
+                "data.source", "model.source", "data.text.text_column", "data.inputs"):
+        assert policy[key] is not None, key
+    assert policy["prune.keep_ratio"] is None and policy["quantize.scheme"] is None
+    schema = trigger_schema(["phone"], allow=[])
+    assert "model.factory" not in schema["properties"]
+    assert "factory" not in schema["properties"]["model"]["properties"]
+    assert schema["properties"]["target"]["enum"] == ["phone", None]
+
+
+def test_the_deployment_widens_the_list_never_the_conf(monkeypatch):
+    with pytest.raises(SlimlineError, match="data.text.text_column is refused"):
+        checked({"data.text.text_column": "body"})
+    monkeypatch.setenv("SLIMLINE_OVERRIDES_ALLOW", "data.text.*")
+    params = checked({"data.text.text_column": "body"})
+    assert params["data"]["text"]["text_column"] == "body"
+    assert "data.text.text_column" in trigger_schema([])["properties"]
