@@ -164,6 +164,15 @@ def pass_through(stage: str, args, log) -> None:
     write_metrics(args.metrics, {"enabled": 0})
 
 
+def passes_through(stage: str, enabled: bool, args, log) -> bool:
+    """True when a technique stage does not act on its input, which then becomes its output:
+    switched off in params, or given an ONNX-only model it cannot edit and retrain."""
+    if not enabled:
+        pass_through(stage, args, log)
+        return True
+    return skipped_onnx_only(stage, args, log)
+
+
 def skipped_onnx_only(stage: str, args, log) -> bool:
     """Pass an ONNX-only input through (True), with the reason in the log and the recipe history
     the report shows; False for a torch model, which the stage then compresses."""

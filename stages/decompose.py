@@ -14,16 +14,10 @@ import time
 from slimline.artifact.edits import factorize_edit
 from slimline.artifact.recipe import ONNX
 from slimline.artifact.store import load_model, write_artifact
-from slimline.data.splits import load_split
+from slimline.data.splits import load_splits
 from slimline.measure.comparison import compare_onnx, describe_onnx_comparison
 from slimline.measure.module_latency import p50_latencies
-from slimline.stage import (
-    artifact_arguments,
-    pass_through,
-    skipped_onnx_only,
-    stage_main,
-    write_metrics,
-)
+from slimline.stage import artifact_arguments, passes_through, stage_main, write_metrics
 from slimline.task import task_of
 from slimline.techniques.decompose import check_config, decompose_model
 from slimline.training.loop import seed_everything
@@ -34,16 +28,12 @@ ERROR_SAMPLES = 64
 
 def main(args, params, log):
     config = params.decompose
-    if not config.enabled:
-        pass_through("decompose", args, log)
-        return
-    if skipped_onnx_only("decompose", args, log):
+    if passes_through("decompose", config.enabled, args, log):
         return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)
-    num_classes = recipe.arguments.get("num_classes")
-    train = load_split(args.data / "train.npz", num_classes)
-    val = load_split(args.data / "val.npz", num_classes)
+    splits = load_splits(args.data, ("train", "val"), recipe.arguments.get("num_classes"))
+    train, val = splits["train"], splits["val"]
     check_config(model, config, str(args.params))
     # An embedding model has no labels: it is judged, and repaired, by closeness to its input.
     task, reference = task_of(recipe), copy.deepcopy(model)

@@ -8,14 +8,8 @@ from pathlib import Path
 
 from slimline.artifact.store import load_model, write_artifact
 from slimline.artifact.student import build_student
-from slimline.data.splits import load_split
-from slimline.stage import (
-    artifact_arguments,
-    pass_through,
-    skipped_onnx_only,
-    stage_main,
-    write_metrics,
-)
+from slimline.data.splits import load_splits
+from slimline.stage import artifact_arguments, passes_through, stage_main, write_metrics
 from slimline.task import task_of
 from slimline.techniques.distill import check_same_outputs, distill_and_compare
 from slimline.training.loop import parameter_count, to_tensors
@@ -28,14 +22,9 @@ def add_arguments(parser):
 
 def main(args, params, log):
     config = params.distill
-    if not config.enabled:
-        pass_through("distill", args, log)
+    if passes_through("distill", config.enabled, args, log):
         return
-    if skipped_onnx_only("distill", args, log):
-        return
-    num_classes = params.model.num_classes
-    splits = {name: load_split(args.data / f"{name}.npz", num_classes)
-              for name in ("train", "val", "test")}
+    splits = load_splits(args.data, ("train", "val", "test"), params.model.num_classes)
     teacher, teacher_recipe = load_model(args.teacher)
     student = build_student(args.input, teacher_recipe, config, seed=params.seed)
     log.info("student: %s", student.description)

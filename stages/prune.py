@@ -13,15 +13,9 @@ import time
 from slimline.artifact.edits import resize_edits
 from slimline.artifact.recipe import ONNX
 from slimline.artifact.store import load_model, write_artifact
-from slimline.data.splits import load_split
+from slimline.data.splits import load_splits
 from slimline.measure.comparison import compare_onnx, describe_onnx_comparison
-from slimline.stage import (
-    artifact_arguments,
-    pass_through,
-    skipped_onnx_only,
-    stage_main,
-    write_metrics,
-)
+from slimline.stage import artifact_arguments, passes_through, stage_main, write_metrics
 from slimline.task import task_of
 from slimline.techniques.channels import check_layer_names, weight_sparsity
 from slimline.techniques.prune import prune_model
@@ -31,16 +25,12 @@ from slimline.training.loop import seed_everything, to_tensors
 
 def main(args, params, log):
     config = params.prune
-    if not config.enabled:
-        pass_through("prune", args, log)
-        return
-    if skipped_onnx_only("prune", args, log):
+    if passes_through("prune", config.enabled, args, log):
         return
     seed_everything(params.seed)
     model, recipe = load_model(args.input)
-    num_classes = recipe.arguments.get("num_classes")
-    train = load_split(args.data / "train.npz", num_classes)
-    val = load_split(args.data / "val.npz", num_classes)
+    splits = load_splits(args.data, ("train", "val"), recipe.arguments.get("num_classes"))
+    train, val = splits["train"], splits["val"]
     check_layer_names(model, config.exclude, f"{args.params}: prune.exclude")
     reference = copy.deepcopy(model)
     # An embedding model has no labels: it is judged, and repaired, by closeness to its input.

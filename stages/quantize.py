@@ -13,7 +13,7 @@ import onnx
 from slimline.artifact.recipe import ONNX, ONNX_ARCHITECTURE, read_recipe, write_onnx_artifact
 from slimline.artifact.store import load_model
 from slimline.config.schemes import SCHEMES
-from slimline.data.splits import load_split
+from slimline.data.splits import load_split, load_splits
 from slimline.errors import SlimlineError
 from slimline.measure.comparison import compare_precisions
 from slimline.measure.graph import load_onnx
@@ -66,8 +66,7 @@ def main(args, params, log):
             "or dynamic"
         )
     fp32_path = args.input / ONNX
-    splits = {name: load_split(args.data / f"{name}.npz", num_classes)
-              for name in ("calibration", "val", "test")}
+    splits = load_splits(args.data, ("calibration", "val", "test"), num_classes)
     calibration = splits.pop("calibration")
     check_feeds(make_session(fp32_path), calibration.inputs, str(fp32_path))
 
@@ -103,73 +102,22 @@ def main(args, params, log):
         write_onnx_artifact(args.output, int8_path,
                             recipe.derive("quantize", precision=scheme.precision))
 
-    quality, latency, sizes = compared.quality, compared.latency_p50_ms, compared.size_bytes
-    if task.is_embedding:  # no labels: the int8 embeddings are judged against fp32's
-        log.info(
-            "embedding fidelity of the quantized model to fp32 (mean cosine): val %.4f, test %.4f",
-            quality["int8"]["val"],
-            quality["int8"]["test"],
-        )
-    else:
-        log.info(
-            "top-1 val: fp32 %.2f%% -> quantized %.2f%% (drop %+.2f points); test: %.2f%% -> "
-            "%.2f%% (drop %+.2f); fp32/quantized agree on %.2f%% of test items",
-            100 * quality["fp32"]["val"],
-            100 * quality["int8"]["val"],
-            compared.drop_points("val"),
-            100 * quality["fp32"]["test"],
-            100 * quality["int8"]["test"],
-            compared.drop_points("test"),
-            100 * compared.agreement,
-        )
-    log.info(
-        "size: %.0f kB -> %.0f kB (%.3fx); batch-1 latency p50, one thread, interleaved: "
-        "fp32 %.3f ms, quantized %.3f ms (%.2fx faster)",
-        sizes["fp32"] / 1e3,
-        sizes["int8"] / 1e3,
-        compared.size_ratio,
-        latency["fp32"],
-        latency["int8"],
-        compared.speedup,
-    )
+    for line in compared.summary(task):
+        log.info("%s", line)
+    latency = compared.latency_p50_ms
     if compared.speedup < 1:
-        log.warning(
-            "the quantized model is SLOWER than fp32 on this CPU: %.3f ms vs %.3f ms (%.2fx). "
-            "Int8 support here: %s. Consider scheme, activation_type or shipping fp32.",
-            latency["int8"],
-            latency["fp32"],
-            compared.speedup,
-            ", ".join(sorted(features)) or "none",
-        )
+        log.warning("the quantized model is SLOWER than fp32 on this CPU: %.3f ms vs %.3f ms "
+                    "(%.2fx). Int8 support here: %s. Consider scheme, activation_type or shipping "
+                    "fp32.", latency["int8"], latency["fp32"], compared.speedup,
+                    ", ".join(sorted(features)) or "none")
     if not task.is_embedding and compared.drop_points("val") > config.max_top1_drop:
-        log.warning(
-            "quantization lost %.2f val top-1 points, more than quantize.max_top1_drop = %g; "
-            "try calibration_method, per_channel or scheme: qat",
-            compared.drop_points("val"),
-            config.max_top1_drop,
-        )
+        log.warning("quantization lost %.2f val top-1 points, more than quantize.max_top1_drop = "
+                    "%g; try calibration_method, per_channel or scheme: qat",
+                    compared.drop_points("val"), config.max_top1_drop)
     log.info("quantized artifact written to %s (precision %s)", args.output, scheme.precision)
-    metrics = (
-        {
-            "int8_val_embedding_fidelity": quality["int8"]["val"],
-            "int8_test_embedding_fidelity": quality["int8"]["test"],
-        }
-        if task.is_embedding
-        else {
-            "fp32_val_top1": quality["fp32"]["val"],
-            "int8_val_top1": quality["int8"]["val"],
-            "fp32_test_top1": quality["fp32"]["test"],
-            "int8_test_top1": quality["int8"]["test"],
-            "val_top1_drop_points": round(compared.drop_points("val"), 2),
-            "test_agreement": compared.agreement,
-        }
-    )
-    metrics.update({
-        "enabled": 1, "fp32_size_bytes": sizes["fp32"], "int8_size_bytes": sizes["int8"],
-        "size_ratio": compared.size_ratio, "fp32_latency_p50_ms": latency["fp32"],
-        "int8_latency_p50_ms": latency["int8"], "speedup": compared.speedup,
-        "int8_faster": compared.speedup > 1, "cpu_vnni": vnni, "reduce_range": target.reduce_range,
-        "quantize_seconds": round(seconds, 1), "calibration_images": len(calibration)})
+    metrics = {"enabled": 1, **compared.metrics(task), "cpu_vnni": vnni,
+               "reduce_range": target.reduce_range, "quantize_seconds": round(seconds, 1),
+               "calibration_images": len(calibration)}
     for kind in ("weight", "activation"):
         if report.worst_sqnr_db(kind) is not None:
             metrics[f"worst_{kind}_sqnr_db"] = report.worst_sqnr_db(kind)

@@ -155,3 +155,9 @@ def load_pair_splits(folder: Path) -> tuple[Split, Split] | None:
     if not (folder / PAIR_FILES[0]).is_file():
         return None
     return load_split(folder / PAIR_FILES[0]), load_split(folder / PAIR_FILES[1])
+
+
+def load_splits(folder: Path, names: tuple[str, ...],
+                num_classes: int | None = None) -> dict[str, Split]:
+    """The named splits prepare stored in `folder` (train, val, test, calibration)."""
+    return {name: load_split(Path(folder) / f"{name}.npz", num_classes) for name in names}

@@ -67,6 +67,40 @@ class PrecisionComparison:
     def drop_points(self, split: str) -> float:
         return 100 * (self.quality["fp32"][split] - self.quality["int8"][split])
 
+    def summary(self, task) -> list[str]:
+        """The comparison as the quantize stage's log states it."""
+        fp32, int8 = self.quality["fp32"], self.quality["int8"]
+        if task.is_embedding:  # no labels: the int8 embeddings are judged against fp32's
+            quality = (f"embedding fidelity of the quantized model to fp32 (mean cosine): "
+                       f"val {int8['val']:.4f}, test {int8['test']:.4f}")
+        else:
+            quality = (f"top-1 val: fp32 {100 * fp32['val']:.2f}% -> quantized "
+                       f"{100 * int8['val']:.2f}% (drop {self.drop_points('val'):+.2f} points); "
+                       f"test: {100 * fp32['test']:.2f}% -> {100 * int8['test']:.2f}% (drop "
+                       f"{self.drop_points('test'):+.2f}); fp32/quantized agree on "
+                       f"{100 * self.agreement:.2f}% of test items")
+        sizes, latency = self.size_bytes, self.latency_p50_ms
+        return [quality,
+                f"size: {sizes['fp32'] / 1e3:.0f} kB -> {sizes['int8'] / 1e3:.0f} kB "
+                f"({self.size_ratio:.3f}x); batch-1 latency p50, one thread, interleaved: fp32 "
+                f"{latency['fp32']:.3f} ms, quantized {latency['int8']:.3f} ms "
+                f"({self.speedup:.2f}x faster)"]
+
+    def metrics(self, task) -> dict:
+        """The flat keys of the quantize stage's metrics file."""
+        fp32, int8 = self.quality["fp32"], self.quality["int8"]
+        quality = ({"int8_val_embedding_fidelity": int8["val"],
+                    "int8_test_embedding_fidelity": int8["test"]} if task.is_embedding else
+                   {"fp32_val_top1": fp32["val"], "int8_val_top1": int8["val"],
+                    "fp32_test_top1": fp32["test"], "int8_test_top1": int8["test"],
+                    "val_top1_drop_points": round(self.drop_points("val"), 2),
+                    "test_agreement": self.agreement})
+        return {**quality, "fp32_size_bytes": self.size_bytes["fp32"],
+                "int8_size_bytes": self.size_bytes["int8"], "size_ratio": self.size_ratio,
+                "fp32_latency_p50_ms": self.latency_p50_ms["fp32"],
+                "int8_latency_p50_ms": self.latency_p50_ms["int8"], "speedup": self.speedup,
+                "int8_faster": self.speedup > 1}
+
 
 def compare_precisions(fp32: Path, int8: Path, splits: dict[str, Split], task, *, runs: int,
                        rounds: int) -> PrecisionComparison:

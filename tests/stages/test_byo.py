@@ -12,14 +12,7 @@ import yaml
 from examples.make_shapes import make_shapes
 from slimline.stage import EXIT_BAD_INPUT, stage_main
 from tests.conftest import ROOT, reduced_params, run
-
-SHAPES = {"source": "image_folder", "path": "data/shapes", "val_size": 40, "test_size": 60,
-          "calibration_size": 16,
-          "preprocess": {"channels": 3, "mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]}}
-MOBILENET = {"source": "factory", "factory": "examples.mobilenet_factory:build", "num_classes": 4,
-             "factory_args": {"num_classes": 4, "widths": [8, 16], "blocks_per_stage": 1,
-                              "expansion": 2}}
-SMALL_BATCHES = {"batch_size": 16}
+from tests.line.test_byo import MOBILENET
 
 
 def write_params(folder, **sections):

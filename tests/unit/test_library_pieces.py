@@ -99,6 +99,9 @@ def test_precision_comparison_reports_drop_agreement_size_and_speed(tmp_path, te
     )
     assert 0 <= compared.agreement <= 1 and compared.size_ratio == pytest.approx(1.0, abs=0.05)
     assert compared.speedup > 0
+    metrics = compared.metrics(Task(CLASSIFICATION))
+    assert metrics["int8_test_top1"] == compared.quality["int8"]["test"] and metrics["speedup"] > 0
+    assert "agree on" in compared.summary(Task(CLASSIFICATION))[0]
     embedded = compare_precisions(tmp_path / "fp32.onnx", tmp_path / "fp32.onnx", splits,
                                   Task(EMBEDDING), runs=20, rounds=2)
     assert embedded.agreement is None and embedded.quality["int8"]["test"] == pytest.approx(1.0)
