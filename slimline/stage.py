@@ -12,6 +12,7 @@ import errno
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,11 +54,18 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
         logger.addHandler(to_file)
     # Library warnings (torch's notes on pickles, deprecations) go to the stage log, never to
     # stderr, where the one-line error is all a user should have to read.
-    logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers = list(logger.handlers)
     warnings_logger.propagate = False
+    # Set on every call, not through logging.captureWarnings: that hooks only once per process
+    # and stays silent after anything (a test runner, a second stage) restored the original.
+    warnings.showwarning = _warning_to_log
     return logger
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger("py.warnings").warning("%s", text)
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:
