@@ -22,6 +22,7 @@ from slimline.nightly.deployment.processes import MARKER, Processes, end
 from slimline.nightly.deployment.settings import (
     ADMIN_USER,
     HOST,
+    PORT_VARIABLES,
     Deployment,
     choose_ports,
     saved_ports,
@@ -73,7 +74,7 @@ def _timed(name: str, where: str, action: Callable[[], int | None]) -> None:
     say(f"{name}: running on {where} (pid {pid}, {time.monotonic() - started:.1f} s)")
 
 
-def up(deployment: Deployment) -> dict[str, int]:
+def up(deployment: Deployment) -> None:
     started = time.monotonic()
     processes, database, redis = _services(deployment)
     deployment.folder.mkdir(parents=True, exist_ok=True)
@@ -84,11 +85,10 @@ def up(deployment: Deployment) -> dict[str, int]:
     # Everything started from here carries the marker, the SeaweedFS server below included.
     os.environ[MARKER] = str(deployment.folder)
     base_env = dict(os.environ)
-    for name, port, service in (("postgres", ports["postgres"], database),
-                                ("redis", ports["redis"], redis)):
-        if service.pid() is None and _port_taken(port):
-            raise SlimlineError(f"{name}: port {port} on {HOST} is taken by another program; "
-                                f"choose another (docs/orchestration.md, the deployment)")
+    for name, service in (("postgres", database), ("redis", redis)):
+        if service.pid() is None and _port_taken(ports[name]):
+            raise SlimlineError(f"{name}: port {ports[name]} on {HOST} is taken by another "
+                                f"program; choose another with {PORT_VARIABLES[name]}")
     _timed("postgres", f"{HOST}:{ports['postgres']}", lambda: database.start(
         ports["postgres"], secrets.keys["postgres_password"], base_env))
     _timed("redis", f"{HOST}:{ports['redis']}", lambda: redis.start(
@@ -102,19 +102,18 @@ def up(deployment: Deployment) -> dict[str, int]:
     for name in components.names(deployment):
         if processes.running(name):
             continue
-        processes.stop(name, grace=5)  # what a dead component left in its session (a log server)
+        processes.stop(name, grace=5)  # what a dead component left behind (a worker's task)
         if name == "api-server" and _port_taken(ports["api"]):
             raise SlimlineError(f"api-server: port {ports['api']} on {HOST} is taken by another "
-                                "program; choose another with SLIMLINE_AIRFLOW_PORT")
+                                f"program; choose another with {PORT_VARIABLES['api']}")
         command, own_env = components.command(deployment, name)
-        processes.start(name, command, processes.environment({**env, **own_env}))
+        processes.start(name, command, {**env, **own_env})
         launched[name] = time.monotonic()
     for name, since in launched.items():
         _wait_ready(deployment, processes, name, ports)
         say(f"{name}: ready (pid {processes.running(name)}, {time.monotonic() - since:.1f} s "
             "after its start)")
     _print_welcome(deployment, ports, secrets.passwords_file, time.monotonic() - started)
-    return ports
 
 
 def _wait_ready(deployment: Deployment, processes: Processes, name: str, ports) -> None:
@@ -173,7 +172,7 @@ def down(deployment: Deployment) -> None:
 
 
 def status(deployment: Deployment) -> bool:
-    processes, database, redis = _services(deployment)
+    processes = Processes(deployment.folder)
     ports = saved_ports(deployment) or {}
     where = {"postgres": f"{HOST}:{ports.get('postgres')}", "redis": f"{HOST}:{ports.get('redis')}",
              "api-server": components.api_url(ports) if ports else ""}

@@ -58,7 +58,7 @@ class Postgres:
                               input=stdin, capture_output=True, text=True)
         if done.returncode != 0:
             detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["failed"]
-            raise SlimlineError(f"postgres: {what} failed: {detail[0]} (see {self.log})")
+            raise SlimlineError(f"postgres: {what} failed: {detail[0]}")
         return done
 
     @property
@@ -100,7 +100,8 @@ class Postgres:
             if self.as_root:
                 shutil.chown(self.socket_dir, self.owner, self.owner)
             self._run([self.bin / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "120",
-                       "-o", f"-p {port}", "start"], env, "starting the server")
+                       "-o", f"-p {port}", "start"], env,
+                      f"starting the server (its log: {self.log})")
             self.processes.record(NAME, int((self.data / "postmaster.pid").read_text().split()[0]))
         if self._role_pending.exists():
             # The password reaches psql as a variable on stdin, never on a command line.
@@ -119,7 +120,8 @@ class Postgres:
             deadline = time.monotonic() + 60
             while self.pid() is not None and time.monotonic() < deadline:
                 time.sleep(0.3)
-            if self.pid() is not None:
+            if self.pid() is not None:  # immediate shutdown: recovery at the next start
                 os.kill(pid, signal.SIGQUIT)
+                time.sleep(2)
         (self.processes.pids_dir / f"{NAME}.json").unlink(missing_ok=True)
         return pid
