@@ -195,6 +195,9 @@ def test_a_night_triggered_through_the_rest_api_runs_on_both_workers_and_is_tagg
     assert published["tag"] in tags(deployment.project)
     assert git("rev-parse", f"{published['tag']}^{{commit}}",
                cwd=deployment.project).strip() == published["commit"]
+    # ... and the publish task's log, in the UI, names it
+    assert f"published {published['tag']}" in api.task_log(
+        run_id, "publish", instances["publish"]["try_number"])
     # the schedule's night and this one, and no other: the schedule fired once
     assert [run["run_type"] for run in api.runs()] == ["scheduled", "manual"]
 
@@ -208,6 +211,9 @@ def test_the_prune_log_reads_in_the_ui_in_a_real_browser(deployment, rest_night)
     screenshot = SCREENSHOTS / "deployment-prune-log.png"
     text = read_task_log_page(page, deployment.password, PRUNE_SUMMARY, screenshot)
     assert PRUNE_SUMMARY in text
+    # the run's grid beside the log: every task of the night, as the user watched them move
+    for task in deployment.api().task_instances(run_id):
+        assert task in text
     assert screenshot.read_bytes()[:4] == b"\x89PNG"
     print(f"\nscreenshot: {screenshot}")
 

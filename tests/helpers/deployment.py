@@ -205,7 +205,7 @@ def deployment(request):
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("AIRFLOW", "AWS_", "SLIMLINE_"))}
     env.update(SLIMLINE_REPO=str(project), SLIMLINE_SCHEDULE=cron, SLIMLINE_RETRIES="1",
-               SLIMLINE_RETRY_DELAY_SECONDS="5", SLIMLINE_S3_PORT="0", SLIMLINE_AIRFLOW_PORT="0",
+               SLIMLINE_RETRY_DELAY_SECONDS="2", SLIMLINE_S3_PORT="0", SLIMLINE_AIRFLOW_PORT="0",
                SLIMLINE_AIRFLOW_PG_PORT="0", SLIMLINE_AIRFLOW_REDIS_PORT="0",
                SLIMLINE_AIRFLOW_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT_SECONDS))
     started = time.monotonic()
