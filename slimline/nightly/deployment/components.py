@@ -13,6 +13,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from slimline.errors import SlimlineError
 from slimline.nightly.deployment import broker, postgres
@@ -86,15 +87,14 @@ def command(deployment: Deployment, name: str) -> tuple[list[str], dict[str, str
              "--skip-serve-logs"], {"AIRFLOW_WORKER_HOSTNAME": name})
 
 
-def migrate_if_needed(deployment: Deployment, env: dict[str, str]) -> bool:
-    """`airflow db migrate` when the database is new or Airflow changed (20 s even when there is
-    nothing to do, so not at every `up`); True when it ran."""
+def migrate_if_needed(deployment: Deployment, env: dict[str, str], log: Path) -> bool:
+    """`airflow db migrate` (its output to `log`) when the database is new or Airflow changed:
+    20 s even when there is nothing to do, so not at every `up`. True when it ran."""
     version = importlib.metadata.version("apache-airflow-core")
     marker = deployment.home / ".migrated"
     if marker.is_file() and marker.read_text().strip() == version:
         return False
     deployment.home.mkdir(parents=True, exist_ok=True)
-    log = deployment.output_dir / "db-migrate.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:
         done = subprocess.run([str(deployment.airflow), "db", "migrate"], env=env, stdout=output,
@@ -114,12 +114,13 @@ def health(ports: dict[str, int]) -> dict | None:
         return None
 
 
-def ready(deployment: Deployment, name: str, ports: dict[str, int]) -> bool:
+def ready(name: str, ports: dict[str, int], output: Path) -> bool:
+    """Whether a started component serves: the api-server answers, the scheduler and the
+    dag-processor report healthy, a worker's `output` says it is ready."""
     if name in SERVICES:
         status = health(ports)
         if name == "api-server" or status is None:
             return status is not None
         part = status.get(name.replace("-", "_")) or {}
         return part.get("status") == "healthy"
-    log = deployment.output_dir / f"{name}.log"
-    return log.is_file() and f"celery@{name} ready." in log.read_text(errors="replace")
+    return output.is_file() and f"celery@{name} ready." in output.read_text(errors="replace")

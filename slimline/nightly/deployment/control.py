@@ -96,7 +96,7 @@ def up(deployment: Deployment) -> None:
     env = components.environment(deployment, ports, secrets,
                                  _storage_env(deployment, processes, start=True))
     migrated = time.monotonic()
-    if components.migrate_if_needed(deployment, env):
+    if components.migrate_if_needed(deployment, env, processes.output_dir / "db-migrate.log"):
         say(f"airflow db migrate: {time.monotonic() - migrated:.1f} s")
     launched = {}
     for name in components.names(deployment):
@@ -110,16 +110,16 @@ def up(deployment: Deployment) -> None:
         processes.start(name, command, {**env, **own_env})
         launched[name] = time.monotonic()
     for name, since in launched.items():
-        _wait_ready(deployment, processes, name, ports)
+        _wait_ready(processes, name, ports)
         say(f"{name}: ready (pid {processes.running(name)}, {time.monotonic() - since:.1f} s "
             "after its start)")
     _print_welcome(deployment, ports, secrets.passwords_file, time.monotonic() - started)
 
 
-def _wait_ready(deployment: Deployment, processes: Processes, name: str, ports) -> None:
+def _wait_ready(processes: Processes, name: str, ports) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     log = processes.output_dir / f"{name}.log"
-    while not components.ready(deployment, name, ports):
+    while not components.ready(name, ports, log):
         if processes.running(name) is None:
             raise SlimlineError(f"{name} exited while starting (see {log})")
         if time.monotonic() > deadline:

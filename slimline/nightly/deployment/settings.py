@@ -45,15 +45,6 @@ class Deployment:
         return self.folder / "secrets"
 
     @property
-    def pids_dir(self) -> Path:
-        return self.folder / "pids"
-
-    @property
-    def output_dir(self) -> Path:
-        """Each process's own stdout and stderr (the task logs are under home/logs)."""
-        return self.folder / "output"
-
-    @property
     def home(self) -> Path:
         return self.folder / "airflow-home"
 
