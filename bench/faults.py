@@ -78,6 +78,11 @@ ROWS = [
         "case",
     ),
     Row(
+        "Celery worker SIGKILLed while its task trains (real deployment, 2 workers)",
+        ("tests/deployment/test_deployment.py::"
+         "test_a_worker_killed_while_training_is_replaced_by_a_retry_on_the_other_worker",),
+    ),
+    Row(
         "read-only key: push refused",
         ("tests/nightly/test_nightly.py::test_refused_push_fails_the_run_and_tags_nothing",),
     ),

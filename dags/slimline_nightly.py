@@ -14,6 +14,7 @@ slimline/nightly/config.py and docs/orchestration.md.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from airflow.providers.standard.operators.python import PythonOperator
@@ -41,6 +42,7 @@ with DAG(
         "retry_delay": config.retry_delay,
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(hours=1),
+        "on_failure_callback": partial(tasks.record_failure, project=str(config.repo)),
     },
     params={"overrides": Param({}, **trigger_schema(available_profiles(config.repo / PROFILES_DIR)),
                                description=(

@@ -7,6 +7,8 @@ Tiers (each folder one; README's fast command runs tests/unit alone):
   line/        the whole line through `dvc repro` on a reduced configuration
   nightly/     Airflow (`airflow dags test`), SeaweedFS, DVC remote, publish, faults, the soak
   containers/  the stage images and the DAG in containers (podman)
+  deployment/  the real Airflow deployment of scripts/airflow.sh: PostgreSQL, Redis, Celery
+               workers, the schedule, a killed worker, the UI in headless Chromium
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ import yaml
 from slimline.config.params import deep_merge
 
 # Fixtures shared across tiers: the SeaweedFS server, the git project and the Airflow home of the
-# nightly tests (module-scoped: each test module gets its own), the small trained teacher.
-pytest_plugins = ["tests.helpers.nightly", "tests.helpers.structural"]
+# nightly tests (module-scoped: each test module gets its own), the small trained teacher, the
+# local Airflow deployment.
+pytest_plugins = ["tests.helpers.nightly", "tests.helpers.structural", "tests.helpers.deployment"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

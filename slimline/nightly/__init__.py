@@ -13,6 +13,8 @@ The DAG file only wires tasks; everything it runs lives here, in small modules:
   step       what a runner executes for one stage: pull deps -> dvc repro -> push outs
   publish    gate check, push, commit lock + metrics to the versioning branch, tag the night
   tasks      the Airflow task callables (the only module that imports Airflow)
+  summary    where a run's results are, or which task failed and why
+  deployment a real local Airflow deployment to run the DAG under (scripts/airflow.sh)
 
 Nothing here imports torch: the scheduler parses the DAG file often and must stay light.
 """

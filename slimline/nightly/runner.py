@@ -20,6 +20,9 @@ from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_streaming
 
 STORAGE_VARIABLES = ("SLIMLINE_S3_", "AWS_")
+# Airflow's own configuration (the metadata database's and broker's passwords, its signing keys):
+# a stage or publish command needs none of it.
+AIRFLOW_SETTINGS = "AIRFLOW__"
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,8 @@ class LocalRunner:
 
     def environment(self, job: Job) -> dict[str, str]:
         # Storage variables come only from the job, never from whatever this process inherited.
-        env = {
-            key: value for key, value in os.environ.items() if not key.startswith(STORAGE_VARIABLES)
-        }
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith((*STORAGE_VARIABLES, AIRFLOW_SETTINGS))}
         env.pop("PYTHONPATH", None)  # the scheduler's import path is not the project's
         bin_dir = str(Path(self.python).parent)
         # DVC_NO_ANALYTICS: no usage reports from the stages' machines (no waits on them offline).

@@ -103,7 +103,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600 from the start, then renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -127,7 +128,7 @@ def _write_credentials(folder: Path, port: int, bucket: str) -> dict[str, tuple[
         path = folder / filename
         access, secret = _key_pair(read_env_file(path) if path.is_file() else {})
         pairs[name] = (access, secret)
-        _write_private(
+        write_private(
             path,
             "\n".join(
                 [
@@ -147,7 +148,7 @@ def _write_credentials(folder: Path, port: int, bucket: str) -> dict[str, tuple[
         {"name": "slimline-reader", "actions": READER_ACTIONS,
          "credentials": [{"accessKey": pairs["reader"][0], "secretKey": pairs["reader"][1]}]},
     ]}
-    _write_private(folder / "identities.json", json.dumps(identities, indent=2) + "\n")
+    write_private(folder / "identities.json", json.dumps(identities, indent=2) + "\n")
     return pairs
 
 

@@ -4,6 +4,8 @@ setup_workspace  validate the run's overrides and the storage, create the run's 
 stage_task       one dvc.yaml stage through the configured runner (pull deps, repro, push outs)
 publish          through the runner: gate check, push, versioning branch + tag, comparison
 search           (slimline_search DAG) the budget-driven search for a target, in the run's workspace
+record_failure   every task's on_failure_callback: the failed task and its one-line error, kept
+                 in the run's folder (runs/<run>/failure.json) for the summary of the night
 
 Failures that a retry cannot fix (bad overrides, refused credentials, a stage's bad-input exit)
 raise AirflowFailException, so the run fails at once instead of retrying for an hour.
@@ -27,7 +29,12 @@ from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
 from slimline.nightly.storage import S3Settings, check_access
 from slimline.nightly.trigger import check_search, params_with_overrides
-from slimline.nightly.workspace import ensure_workspace, remove_old_workspaces, resolve_revision
+from slimline.nightly.workspace import (
+    ensure_workspace,
+    remove_old_workspaces,
+    resolve_revision,
+    run_key,
+)
 
 log = logging.getLogger("slimline.nightly")
 SETUP_TASK = "setup_workspace"
@@ -112,6 +119,21 @@ def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
              settings.where, removed or "none")
     return {"run_id": run_id, "revision": revision, "overrides": overrides,
             "workspace": str(workspace.root), "run_dir": str(workspace.run_dir)}
+
+
+def record_failure(context, project: str) -> None:
+    """Where a failed night stopped and why, in one line, for whoever reads the night's summary
+    (`python -m slimline.nightly.summary`, the end of scripts/nightly.sh): the run's folder holds
+    it even when the run failed before it had a workspace."""
+    config = _config(project)
+    error = context.get("exception")
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__ if error else "no error recorded"
+    run_dir = config.state_dir / "runs" / run_key(context["run_id"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ti = context["ti"]
+    (run_dir / "failure.json").write_text(json.dumps(
+        {"task": ti.task_id, "try": ti.try_number, "error": reason}, indent=2) + "\n")
 
 
 def _workspace_for(context, config: NightlyConfig):

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slimline.nightly import seaweed
 from slimline.nightly.storage import S3Settings
@@ -80,9 +81,13 @@ def storage(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    return copy_checkout(tmp_path_factory.mktemp("project"))
+
+
+def copy_checkout(target: Path, params: dict | None = None) -> Path:
     """A git repository holding this checkout's files (committed or not, minus ignored ones),
-    as a fresh clone in CI would: the nightly builds committed revisions only."""
-    target = tmp_path_factory.mktemp("project")
+    as a fresh clone in CI would: the nightly builds committed revisions only. `params`, when
+    given, is committed as its params.yaml."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
     for relative in filter(None, listed):
@@ -95,6 +100,8 @@ def project(tmp_path_factory) -> Path:
             continue
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target / relative)
+    if params is not None:
+        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git("init", "-q", "-b", "main", cwd=target)
     git("add", "-A", cwd=target)
     git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "project",

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from slimline.errors import SlimlineError
+from slimline.nightly import seaweed
 from slimline.nightly.publish import branch_tip, follow_published_branch
 from slimline.nightly.storage import check_access
 
@@ -217,6 +218,32 @@ def test_two_runs_started_together_keep_their_own_artifacts(project, airflow_hom
     ]
     history = git("log", "--first-parent", "--format=%H", "nightly", cwd=project).split()
     assert {n.published["commit"] for n in nights} <= set(history)
+
+
+@pytest.mark.slow
+def test_nightly_sh_ends_a_failed_night_with_the_task_its_error_and_the_storage_it_left(
+        project, tmp_path):
+    """The one-shot command's last lines: the failed task and its one-line error (here a night
+    that fails at setup, before it has a workspace), after whether SeaweedFS still runs and the
+    command that stops it."""
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AIRFLOW", "AWS_", "SLIMLINE_"))}
+    env.update(SLIMLINE_REPO=str(project), SLIMLINE_STATE_DIR=str(state), SLIMLINE_S3_PORT="0",
+               SLIMLINE_SOURCE_REF="no-such-revision")
+    try:
+        done = subprocess.run(["bash", "scripts/nightly.sh"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        left_running = seaweed.running_server(state / "seaweedfs")
+    finally:
+        seaweed.stop(state / "seaweedfs")
+    assert done.returncode != 0
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1].startswith("failed:    task setup_workspace (try 1): resolving git "
+                                "revision 'no-such-revision' failed"), lines[-6:]
+    assert left_running is not None
+    assert (f"seaweedfs: still running; stop it with: .venv/bin/python -m slimline.nightly.seaweed "
+            f"stop --dir {state / 'seaweedfs'}") in done.stdout, lines[-6:]
 
 
 # Fast checks of the pieces, without Airflow or storage.

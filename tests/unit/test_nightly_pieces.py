@@ -80,3 +80,30 @@ def test_back_off_doubles_is_capped_and_is_configured_in_the_environment():
 
 
 # Credentials: the message names the setting to fix and never shows the secret.
+
+
+def test_a_failed_runs_summary_ends_with_the_failed_task_and_its_one_line_error(tmp_path):
+    from slimline.nightly.summary import describe, latest_run
+
+    run_dir = tmp_path / "runs" / run_key("manual__2026-11-30T02:00:00+00:00")
+    run_dir.mkdir(parents=True)
+    (run_dir / "failure.json").write_text(json.dumps(
+        {"task": "setup_workspace", "try": 1, "error": "the storage rejected the credentials"}))
+    published, text = describe(tmp_path, "manual__2026-11-30T02:00:00+00:00")
+    assert not published
+    assert text.splitlines()[-1] == (
+        "failed:    task setup_workspace (try 1): the storage rejected the credentials")
+    assert "before it had a workspace" in text
+    assert latest_run(tmp_path) == run_dir.name
+    assert latest_run(tmp_path, since=run_dir.stat().st_mtime + 60) is None  # an older night
+
+
+def test_a_night_that_never_started_quotes_the_last_line_of_its_output(tmp_path, capsys):
+    from slimline.nightly.summary import main
+
+    output = tmp_path / "last-run.log"
+    output.write_text("Traceback (most recent call last):\n  ...\nValueError: bad conf\n\n")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--latest", "--state-dir", str(tmp_path), "--output", str(output)])
+    assert exit_code.value.code == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "failed:    ValueError: bad conf"

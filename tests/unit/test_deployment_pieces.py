@@ -1,0 +1,87 @@
+"""The local deployment's pieces that need no service (scripts/airflow.sh; the deployment itself
+is tests/deployment): its settings, its owner-only credentials, how it recognises its processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import psutil
+import pytest
+
+from slimline.errors import SlimlineError
+from slimline.nightly.deployment import credentials, settings
+from slimline.nightly.deployment.hostname import worker_hostname
+from slimline.nightly.deployment.processes import Processes
+
+
+def _deployment(tmp_path, **env):
+    return settings.from_env({"SLIMLINE_REPO": str(tmp_path), **env})
+
+
+def test_the_deployment_lives_in_the_state_folder_and_reads_its_knobs(tmp_path):
+    default = _deployment(tmp_path)
+    assert default.folder == tmp_path / ".nightly" / "deployment"
+    assert (default.workers, default.heartbeat_timeout) == (2, 120)
+    assert default.worker_names == ["worker1", "worker2"]
+    moved = _deployment(tmp_path, SLIMLINE_AIRFLOW_DIR=str(tmp_path / "elsewhere"),
+                        SLIMLINE_AIRFLOW_WORKERS="3", SLIMLINE_AIRFLOW_HEARTBEAT_TIMEOUT="45")
+    assert moved.folder == tmp_path / "elsewhere" and moved.worker_names[-1] == "worker3"
+    with pytest.raises(SlimlineError, match="SLIMLINE_AIRFLOW_WORKERS = 'two' is not a positive"):
+        _deployment(tmp_path, SLIMLINE_AIRFLOW_WORKERS="two")
+
+
+def test_ports_come_from_the_environment_zero_picks_a_free_one_and_they_are_kept(tmp_path):
+    deployment = _deployment(tmp_path)
+    ports = settings.choose_ports(deployment, {"SLIMLINE_AIRFLOW_PORT": "0",
+                                               "SLIMLINE_AIRFLOW_PG_PORT": "15999"})
+    assert ports["api"] not in (0, 8080) and ports["postgres"] == 15999
+    assert ports["redis"] == settings.DEFAULT_PORTS["redis"]
+    assert settings.saved_ports(deployment) == ports
+    with pytest.raises(SlimlineError, match="SLIMLINE_AIRFLOW_PORT = '80a' is not a port"):
+        settings.choose_ports(deployment, {"SLIMLINE_AIRFLOW_PORT": "80a"})
+
+
+def test_credentials_are_generated_once_into_owner_only_files(tmp_path):
+    deployment = _deployment(tmp_path)
+    first = credentials.ensure(deployment)
+    again = credentials.ensure(deployment)
+    assert first.keys == again.keys and set(first.keys) == set(credentials.KEYS)
+    assert len(set(first.keys.values())) == len(credentials.KEYS)
+    assert first.admin_password == json.loads(first.passwords_file.read_text())["admin"]
+    assert stat.S_IMODE(deployment.secrets_dir.stat().st_mode) == 0o700
+    for path in deployment.secrets_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_recorded_pid_that_now_belongs_to_another_process_is_never_taken_for_ours(tmp_path):
+    processes = Processes(tmp_path)
+    processes.record("api-server", os.getpid())
+    assert processes.running("api-server") == os.getpid()
+    reused = {"pid": os.getpid(), "started": psutil.Process().create_time() - 100}
+    (processes.pids_dir / "api-server.json").write_text(json.dumps(reused))
+    assert processes.running("api-server") is None
+    assert processes.session("api-server") == []
+    assert processes.stop("api-server", grace=1) is None
+    assert not (processes.pids_dir / "api-server.json").exists()
+
+
+def test_each_worker_reports_its_own_name_as_the_task_hostname(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_WORKER_HOSTNAME", "worker2")
+    assert worker_hostname() == "worker2"
+    monkeypatch.delenv("AIRFLOW_WORKER_HOSTNAME")
+    assert worker_hostname()  # elsewhere: the machine's name, as Airflow's default
+
+
+def test_a_stage_command_never_sees_the_deployments_database_broker_or_keys(tmp_path, monkeypatch):
+    from slimline.nightly.runner import Job, LocalRunner
+
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg2://a:pw@h/db")
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "signing-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "inherited")
+    job = Job("prune", ["slimline.nightly.step", "prune"], tmp_path,
+              env={"AWS_SECRET_ACCESS_KEY": "the job's own"})
+    env = LocalRunner().environment(job)
+    assert not [key for key in env if key.startswith("AIRFLOW__")]
+    assert env["AWS_SECRET_ACCESS_KEY"] == "the job's own"
