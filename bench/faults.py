@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOAK_NIGHTS = 10  # tests/nightly/test_soak.py NIGHTS
+SOAK_NIGHTS = 10  # the longer soak: tests/nightly/test_soak.py reads SLIMLINE_SOAK_NIGHTS
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def files_of(rows: list[Row]) -> list[str]:
 
 def run_once(files: list[str], junit: Path) -> dict[str, bool]:
     """One pytest process over the files; {node id: passed}."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "SLIMLINE_SOAK_NIGHTS": str(SOAK_NIGHTS)}
     subprocess.run([sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
                     f"--junitxml={junit}"], cwd=ROOT, env=env)
     return outcomes_of(junit)
