@@ -22,11 +22,34 @@ CLASSIFICATION, EMBEDDING = "classification", "embedding"
 
 @dataclass(frozen=True)
 class Task:
-    name: str   # CLASSIFICATION | EMBEDDING
+    name: str            # CLASSIFICATION | EMBEDDING
+    examples: str = "images"   # what one example is, as units say it: "images" | "texts"
 
     @property
     def is_embedding(self) -> bool:
         return self.name == EMBEDDING
+
+    @property
+    def is_text(self) -> bool:
+        return self.examples == "texts"
+
+    @property
+    def throughput_unit(self) -> str:
+        return f"{self.examples}/s"
+
+    @property
+    def judged(self) -> str:
+        """What evaluate's item-by-item column counts (top-1, or an embedding model's nn@1)."""
+        return "nn@1 agreement" if self.is_embedding else "top-1"
+
+    def predict_onnx(self, session, inputs):
+        """An ONNX model's outputs as the task judges them: an embedding model's per text at its
+        own length (dynamic int8 quantizes activations per call: padding changes its results,
+        and a batch-1 user sends no padding); a classifier's in batches."""
+        from slimline.measure.runtime import onnx_predict, onnx_predict_unpadded
+
+        return (onnx_predict_unpadded(session, inputs) if self.is_embedding
+                else onnx_predict(session, inputs))
 
     @property
     def metric(self) -> str:
@@ -67,9 +90,12 @@ CLASSIFIER = Task(CLASSIFICATION)
 
 
 def task_of(recipe) -> Task:
-    """A transformer saved without a task head is an embedding model; everything else classifies."""
+    """A transformer saved without a task head is an embedding model; everything else classifies.
+    A transformer's examples are texts (token ids in), everything else's images."""
+    text = recipe.architecture == "huggingface" or any(
+        spec.get("name") == "input_ids" for spec in recipe.inputs if isinstance(spec, dict))
     embedding = recipe.architecture == "huggingface" and recipe.arguments.get("task") == EMBEDDING
-    return Task(EMBEDDING if embedding else CLASSIFICATION)
+    return Task(EMBEDDING if embedding else CLASSIFICATION, "texts" if text else "images")
 
 
 def cosine_distillation_loss(student, teacher):
@@ -92,6 +118,9 @@ def stay_close_loss(reference):
         parameter.requires_grad_(False)
 
     def loss_fn(model, inputs, labels):
+        device = next(iter(inputs.values())).device
+        if next(reference.parameters()).device != device:   # follows the training device
+            reference.to(device)
         with torch.inference_mode():
             target = forward(reference, inputs)
         return cosine_distillation_loss(forward(model, inputs), target.clone())
