@@ -73,10 +73,18 @@ class Task:
 
     def recovery_loss(self, reference=None):
         """The fine-tuning loss after a structural cut: cross-entropy on the labels, or (embedding)
-        1 - cosine to the embeddings of `reference` (the model before the cut, frozen)."""
+        staying close to `reference` (the model before the cut, frozen): 1 - cosine of the
+        embeddings plus, for a transformer encoder, the MSE of every layer's hidden states
+        (slimline/techniques/distill_encoder.py)."""
         from slimline.training.loop import cross_entropy
 
-        return stay_close_loss(reference) if self.is_embedding else cross_entropy
+        if not self.is_embedding:
+            return cross_entropy
+        if self.is_text:
+            from slimline.techniques.distill_encoder import recovery_loss
+
+            return recovery_loss(reference)
+        return stay_close_loss(reference)
 
     def output_quality(self, outputs: np.ndarray, reference_outputs: np.ndarray,
                        labels: np.ndarray) -> float:

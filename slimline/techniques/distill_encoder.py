@@ -148,10 +148,10 @@ def _tensors(entry):
             yield from item.values()
 
 
-def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], config: DistillParams,
+def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], config,
                               cache: TeacherCache, relation_heads: int = 1):
     """loss_fn(model, inputs, labels) for the training loop (labels unused): see the module
-    docstring."""
+    docstring. `config` has hidden_weight and attention_weight (DistillParams, LossWeights)."""
     teacher_capture = _Capture(teacher) if config.attention_weight else None
     student_capture: dict[int, _Capture] = {}
     wanted = sorted(set(mapping.values()))
@@ -160,6 +160,8 @@ def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], confi
         key = TeacherCache.key(inputs)
         entry = cache.get(key)
         if entry is None:
+            if next(teacher.parameters()).device != inputs["input_ids"].device:
+                teacher.to(inputs["input_ids"].device)   # follows the training device
             with torch.inference_mode():
                 out = teacher.model(input_ids=inputs["input_ids"],
                                     attention_mask=inputs["attention_mask"],
@@ -196,6 +198,24 @@ def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], confi
 
     loss_fn.release = release
     return loss_fn
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    hidden_weight: float = 1.0
+    attention_weight: float = 0.0
+
+
+def recovery_loss(reference: TextModel, hidden_weight: float = 1.0):
+    """The fine-tuning loss after a structural cut of an encoder (prune, decompose): stay close
+    to `reference`, the model before the cut (frozen), in the pooled embedding and in every
+    layer's hidden states, one to one (the depth is unchanged)."""
+    reference = reference.eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    depth = len(encoder_layers(reference)[1])
+    return encoder_distillation_loss(reference, layer_map(None, depth, depth),
+                                     LossWeights(hidden_weight), TeacherCache())
 
 
 @dataclass

@@ -133,8 +133,11 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
         return []
     generator = torch.Generator().manual_seed(seed)
     inputs, labels = to_tensors(data.inputs), torch.from_numpy(data.labels)
+    # Length buckets only when the lengths differ: with one length they trim nothing and would
+    # only fix the batches across epochs in place of a fresh shuffle each epoch.
+    lengths = inputs[MASK].sum(1) if MASK in inputs and inputs[MASK].dim() == 2 else None
     buckets = (length_buckets(inputs[MASK], config.batch_size)
-               if MASK in inputs and inputs[MASK].dim() == 2 else None)
+               if lengths is not None and int(lengths.min()) != int(lengths.max()) else None)
     steps_per_epoch = -(-len(labels) // config.batch_size)
     where = training_device.current()
     training_device.place(model)

@@ -49,8 +49,13 @@ def test_the_student_keeps_the_first_and_last_two_layers_and_learned_from_the_te
                                 "indices": [0, 2, 3]}
     assert len(model.model.encoder.layer) == 3
     distill = metrics(encoder_line, "distill")
-    assert distill["distilled_val_top1"] > distill["student_val_top1_before"]
+    # The tiny random encoder's layers are near identity: the student starts at cosine 0.9999,
+    # so the fidelity has no room to rise; the distillation loss must fall, the fidelity stay.
+    assert distill["distilled_val_top1"] > 0.99
     log = (encoder_line / "logs" / "distill.log").read_text()
+    losses = [float(line.rsplit(" ", 1)[1]) for line in log.splitlines()
+              if "distill: epoch " in line and "mean loss" in line]
+    assert len(losses) == 6 and losses[-1] < losses[0]
     assert "hidden-state MSE" in log and "{1: 2, 2: 3, 3: 4}" in log and "step " in log
     assert distill["lineage.training_device"] == "cpu"
 
