@@ -84,6 +84,7 @@ def add_lineage(path: Path, params_file: Path, seed: int) -> None:
     import json
 
     torch = sys.modules.get("torch")  # threads only matter to stages that train with torch
+    device = sys.modules.get("slimline.training.device")  # set by stages that train
     metrics = json.loads(path.read_text())
     metrics.update(
         flatten(
@@ -93,6 +94,7 @@ def add_lineage(path: Path, params_file: Path, seed: int) -> None:
                 "packages": package_versions(),
                 "cpu": cpu_info(),
                 "torch_threads": torch.get_num_threads() if torch else 0,
+                "training_device": device.current().name if device else "none",
                 "seed": seed,
             }
         )

@@ -22,11 +22,34 @@ CLASSIFICATION, EMBEDDING = "classification", "embedding"
 
 @dataclass(frozen=True)
 class Task:
-    name: str   # CLASSIFICATION | EMBEDDING
+    name: str            # CLASSIFICATION | EMBEDDING
+    examples: str = "images"   # what one example is, as units say it: "images" | "texts"
 
     @property
     def is_embedding(self) -> bool:
         return self.name == EMBEDDING
+
+    @property
+    def is_text(self) -> bool:
+        return self.examples == "texts"
+
+    @property
+    def throughput_unit(self) -> str:
+        return f"{self.examples}/s"
+
+    @property
+    def judged(self) -> str:
+        """What evaluate's item-by-item column counts (top-1, or an embedding model's nn@1)."""
+        return "nn@1 agreement" if self.is_embedding else "top-1"
+
+    def predict_onnx(self, session, inputs):
+        """An ONNX model's outputs as the task judges them: an embedding model's per text at its
+        own length (dynamic int8 quantizes activations per call: padding changes its results,
+        and a batch-1 user sends no padding); a classifier's in batches."""
+        from slimline.measure.runtime import onnx_predict, onnx_predict_unpadded
+
+        return (onnx_predict_unpadded(session, inputs) if self.is_embedding
+                else onnx_predict(session, inputs))
 
     @property
     def metric(self) -> str:
@@ -50,10 +73,18 @@ class Task:
 
     def recovery_loss(self, reference=None):
         """The fine-tuning loss after a structural cut: cross-entropy on the labels, or (embedding)
-        1 - cosine to the embeddings of `reference` (the model before the cut, frozen)."""
+        staying close to `reference` (the model before the cut, frozen): 1 - cosine of the
+        embeddings plus, for a transformer encoder, the MSE of every layer's hidden states
+        (slimline/techniques/distill_encoder.py)."""
         from slimline.training.loop import cross_entropy
 
-        return stay_close_loss(reference) if self.is_embedding else cross_entropy
+        if not self.is_embedding:
+            return cross_entropy
+        if self.is_text:
+            from slimline.techniques.distill_encoder import recovery_loss
+
+            return recovery_loss(reference)
+        return stay_close_loss(reference)
 
     def output_quality(self, outputs: np.ndarray, reference_outputs: np.ndarray,
                        labels: np.ndarray) -> float:
@@ -67,9 +98,12 @@ CLASSIFIER = Task(CLASSIFICATION)
 
 
 def task_of(recipe) -> Task:
-    """A transformer saved without a task head is an embedding model; everything else classifies."""
+    """A transformer saved without a task head is an embedding model; everything else classifies.
+    A transformer's examples are texts (token ids in), everything else's images."""
+    text = recipe.architecture == "huggingface" or any(
+        spec.get("name") == "input_ids" for spec in recipe.inputs if isinstance(spec, dict))
     embedding = recipe.architecture == "huggingface" and recipe.arguments.get("task") == EMBEDDING
-    return Task(EMBEDDING if embedding else CLASSIFICATION)
+    return Task(EMBEDDING if embedding else CLASSIFICATION, "texts" if text else "images")
 
 
 def cosine_distillation_loss(student, teacher):
@@ -92,6 +126,9 @@ def stay_close_loss(reference):
         parameter.requires_grad_(False)
 
     def loss_fn(model, inputs, labels):
+        device = next(iter(inputs.values())).device
+        if next(reference.parameters()).device != device:   # follows the training device
+            reference.to(device)
         with torch.inference_mode():
             target = forward(reference, inputs)
         return cosine_distillation_loss(forward(model, inputs), target.clone())

@@ -20,6 +20,7 @@ from slimline.measure.module_latency import p50_latencies
 from slimline.stage import artifact_arguments, passes_through, stage_main, write_metrics
 from slimline.task import task_of
 from slimline.techniques.decompose import check_config, decompose_model
+from slimline.training.device import configure_from
 from slimline.training.loop import seed_everything
 
 # Examples whose activations measure each factorized layer's output error (before fine-tuning).
@@ -31,6 +32,7 @@ def main(args, params, log):
     if passes_through("decompose", config.enabled, args, log):
         return
     seed_everything(params.seed)
+    configure_from(params.training, log.info)
     model, recipe = load_model(args.input)
     splits = load_splits(args.data, ("train", "val"), recipe.arguments.get("num_classes"))
     train, val = splits["train"], splits["val"]

@@ -12,6 +12,7 @@ from slimline.data.splits import load_splits
 from slimline.stage import artifact_arguments, passes_through, stage_main, write_metrics
 from slimline.task import task_of
 from slimline.techniques.distill import check_same_outputs, distill_and_compare
+from slimline.training.device import configure_from
 from slimline.training.loop import parameter_count, to_tensors
 
 
@@ -25,6 +26,7 @@ def main(args, params, log):
     if passes_through("distill", config.enabled, args, log):
         return
     splits = load_splits(args.data, ("train", "val", "test"), params.model.num_classes)
+    configure_from(params.training, log.info)
     teacher, teacher_recipe = load_model(args.teacher)
     student = build_student(args.input, teacher_recipe, config, seed=params.seed)
     log.info("student: %s", student.description)
@@ -41,7 +43,8 @@ def main(args, params, log):
     if task.is_embedding and config.compare_without_teacher:
         log.info("no control run without the teacher: an embedding model has no labels to train on")
     log.info(
-        "KD: T = %g, alpha = %g, feature_weight = %g, %d epochs, peak lr %g, batch %d, seed %d",
+        "%s: T = %g, alpha = %g, feature_weight = %g, %d epochs, peak lr %g, batch %d, seed %d",
+        "encoder distillation (T and alpha unused)" if task.is_embedding else "KD",
         config.temperature,
         config.alpha,
         config.feature_weight,
@@ -52,7 +55,7 @@ def main(args, params, log):
     )
     started = time.perf_counter()
     result = distill_and_compare(student.model, teacher, splits, config, seed=params.seed,
-                                 log=log.info, task=task)
+                                 log=log.info, task=task, kept_layers=student.kept_layers)
     seconds = time.perf_counter() - started
     log.info("distilled student: val %s %.4f, test %s %.4f (%.0f s with any control run)",
              task.metric, result.distilled_val, task.metric, result.distilled_test, seconds)

@@ -53,7 +53,9 @@ def main(args, params, log):
 
     shipped = evaluation.shipped
     checks = check_budgets(settings.gate, shipped["paired"], shipped["latency_p50_ms"],
-                           shipped["size_mb"], shipped["throughput"])
+                           shipped["size_mb"], shipped["throughput"], judged=task.judged,
+                           throughput_unit=task.throughput_unit,
+                           embedding_fidelity=shipped.get("cos_mean"))
     gate_passed = all(check.passed for check in checks)
     for check in checks:
         log.info("gate: %-22s limit %g %s, measured %.3f, judged %.3f, margin %+.3f -> %s",
@@ -66,7 +68,8 @@ def main(args, params, log):
     detectable = smallest_detectable_difference(shipped["items"], settings.gate.confidence)
     write_report(args.report, evaluation, checks, gate_rule=settings.gate.rule,
                  num_classes=2 if task.is_embedding else params.model.num_classes,
-                 detectable=detectable, lineage=origin, settings=settings.model_dump())
+                 detectable=detectable, lineage=origin, settings=settings.model_dump(),
+                 throughput_unit=task.throughput_unit)
 
     metrics = {"gate_passed": gate_passed, "noisy_machine": bool(evaluation.noisy),
                "test_items": shipped["items"], "smallest_detectable_diff": detectable,

@@ -178,9 +178,12 @@ def onnx_teacher(args, params, splits, graph_path: Path, graph_inputs, log) -> d
 def main(args, params, log):
     import numpy as np
 
+    from slimline.training.device import configure_from
     from slimline.training.loop import seed_everything
 
     seed_everything(params.seed)
+    if params.model.source != "onnx":
+        configure_from(params.training, log.info)
     model_dir = (project_path(args.params.parent, params.model.path, "model.path")
                  if params.model.source == "huggingface" else None)
     dataset = load_dataset(params.data, args.params.parent, model_dir)

@@ -20,6 +20,7 @@ from slimline.task import task_of
 from slimline.techniques.channels import check_layer_names, weight_sparsity
 from slimline.techniques.prune import prune_model
 from slimline.techniques.prune_transformer import head_counts
+from slimline.training.device import configure_from
 from slimline.training.loop import seed_everything, to_tensors
 
 
@@ -28,6 +29,7 @@ def main(args, params, log):
     if passes_through("prune", config.enabled, args, log):
         return
     seed_everything(params.seed)
+    configure_from(params.training, log.info)
     model, recipe = load_model(args.input)
     splits = load_splits(args.data, ("train", "val"), recipe.arguments.get("num_classes"))
     train, val = splits["train"], splits["val"]

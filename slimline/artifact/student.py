@@ -20,6 +20,7 @@ class Student:
     model: object          # torch.nn.Module
     recipe: Recipe
     description: str       # for the stage log
+    kept_layers: list[int] | None = None   # teacher layers a shallower student started from
 
 
 def build_student(input_dir: Path, teacher_recipe: Recipe, config: DistillParams, *,
@@ -44,7 +45,7 @@ def build_student(input_dir: Path, teacher_recipe: Recipe, config: DistillParams
         edit = keep_layers_edit(*keep_encoder_layers(model, list(config.student_layers)))
         return Student(model, recipe.derive("distill", edits=recipe.edits + [edit]),
                        f"{made_by}, keeping layers {edit['indices']} of its {before} "
-                       "(distill.student_layers), initialised from them")
+                       "(distill.student_layers), initialised from them", edit["indices"])
     read_recipe(input_dir)  # still a declared dep: fail early and clearly if it is broken
     arguments = {**teacher_recipe.arguments, "widths": list(config.student_widths)}
     seed_everything(seed)

@@ -149,6 +149,15 @@ DistillTrain = train_section("DistillTrain", epochs=6, learning_rate=0.05)
 QatTrain = train_section("QatTrain", epochs=1, learning_rate=0.001, max_shift=0)
 
 
+class TrainingParams(Section):
+    """Where every training step runs (prepare, prune, decompose, distill, QAT fine-tuning)."""
+    # auto: a CUDA GPU when torch sees one, else the CPU; cuda without a GPU stops in one line.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast inside training steps, on CUDA only (on a CPU without bf16 units it ran 4-7x
+    # slower, so a CPU never uses it).
+    bf16_autocast: bool = False
+
+
 class PrepareParams(Section):
     train: TrainParams = TrainParams()
     # Largest allowed |torch - ONNX| logit difference; beyond it the export is refused.
@@ -222,14 +231,24 @@ class DistillParams(Section):
     # null: the input model (the structurally compressed one) is the student; a list of widths:
     # a fresh model of the teacher's architecture at these widths (e.g. [32, 64, 128]).
     student_widths: list[Annotated[int, Field(ge=1)]] | None = None
-    # Transformers: the student keeps only these layers of the input model (e.g. [0, 2] of 4),
-    # initialised from them; null keeps every layer.
-    student_layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    # Transformers: the student keeps only these layers of the input model (e.g. [0, 2] of 4;
+    # negative counts from the end: [0, -2, -1] keeps the first and the last two), initialised
+    # from them; null keeps every layer.
+    student_layers: list[int] | None = Field(None, min_length=1)
     temperature: float = Field(4.0, gt=0)          # softens both distributions in the KL term
     alpha: float = Field(0.7, ge=0, le=1)          # weight of the teacher's soft targets
     # Intermediate-feature distillation (learned 1x1 adapters, MSE on pooled-stage features);
     # 0 switches it off.
     feature_weight: float = Field(0.0, ge=0)
+    # Embedding models: loss = (1 - cosine of the pooled embeddings) + hidden_weight x MSE of
+    # each student layer's hidden states against the teacher layer it stands for; 0: cosine only.
+    hidden_weight: float = Field(1.0, ge=0)
+    # Embedding models: + attention_weight x KL of the last layer's self-attention relations
+    # (MiniLM-style, value-value and query-key); 0 switches it off.
+    attention_weight: float = Field(0.0, ge=0)
+    # Transformers: the word-embedding table is not trained (it is half of a small encoder's
+    # weights: freezing it removed most of the optimizer's cost, at no measured fidelity loss).
+    freeze_embeddings: bool = True
     train: DistillTrain = DistillTrain()
     # Also train the same student without the teacher (same seed) to report what KD bought.
     compare_without_teacher: bool = True
@@ -253,6 +272,10 @@ class QuantizeParams(Section):
     # from /proc/cpuinfo.
     reduce_range: bool | Literal["auto"] = "auto"
     block_size: int = Field(32, ge=16)             # weight_only_4bit: weights per scale
+    # Transformers: ONNX Runtime's transformer fusion (attention, skip-layer-norm, bias-gelu)
+    # before int8. auto: kept only where parity holds and it measures faster; on: kept whenever
+    # parity holds; off: never.
+    fuse: Literal["auto", "on", "off"] = "auto"
     qat: QatTrain = QatTrain()
     # Warn (log and metrics) when int8 loses more than this many top-1 points on val.
     max_top1_drop: float = Field(0.3, ge=0, le=100)
@@ -267,7 +290,9 @@ class GateParams(Section):
     max_top1_drop: float = Field(0.5, ge=0, le=100)          # points vs the teacher
     max_latency_ms: float | None = Field(None, gt=0)      # batch-1 p50; None = no budget
     max_size_mb: float | None = Field(None, gt=0)
-    min_throughput: float | None = Field(None, gt=0)      # images/s at the throughput batch
+    min_throughput: float | None = Field(None, gt=0)      # examples/s at the throughput batch
+    # Embedding models: the shipped model's mean cosine to the teacher on the test texts.
+    min_embedding_fidelity: float | None = Field(None, gt=0, le=1)
 
 
 class EvaluateParams(Section):
@@ -287,6 +312,7 @@ class Params(Section):
     seed: int = Field(0, ge=0)
     # A deployment profile in profiles/<target>.yaml (recipe + budgets), or null for none.
     target: str | None = None
+    training: TrainingParams = TrainingParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     prepare: PrepareParams = PrepareParams()

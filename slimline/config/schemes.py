@@ -1,10 +1,15 @@
 """The quantization schemes, in one table: params.yaml's choices (quantize.scheme), the precision
 the quantized artifact's recipe records, what each needs, and which the search tries.
 
-    static            int8 QDQ, activations calibrated on the calibration split (the default)
-    dynamic           int8 weights, activations quantized per call: MatMul/Gemm only (dynamic
-                      int8 convolutions ran 0.13-0.23x of fp32), so it pays on transformers
-    weight_only_4bit  4-bit block-wise weights (MatMulNBits): smallest, MatMul only
+    static            int8 QDQ, activations calibrated on the calibration split (the default); a
+                      transformer falls back to dynamic where static measures less faithful
+    dynamic           int8 weights, activations quantized per call: MatMul/Gemm (dynamic int8
+                      convolutions ran 0.13-0.23x of fp32), and for a transformer every
+                      weight-heavy op: the embedding Gathers and, after fusion, Attention;
+                      per channel; 7-bit weights only where measured more faithful
+    weight_only_4bit  4-bit block-wise weights (MatMulNBits; a transformer's embedding tables as
+                      GatherBlockQuantized): the smallest, not the fastest (0.86-0.94x of fp32
+                      at batch 1 on AVX2)
     qat               fake-quant fine-tuning in torch, then static QDQ
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ class Scheme:
     calibrated: bool        # reads the calibration split's activation ranges
     needs_torch: bool       # fine-tunes a torch model (an ONNX-only model cannot)
     searched: bool          # the joint search (slimline/search.py) tries it
-    matmul_only: bool       # touches MatMul/Gemm only: worth it on MatMul-heavy models
+    matmul_only: bool       # leaves convolutions alone: worth it on MatMul-heavy models
 
 
 SCHEMES = {scheme.name: scheme for scheme in (

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimline.data.splits import Inputs, Split
+from slimline.measure.embedding import embedding_quality
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
-from slimline.measure.runtime import make_session, onnx_predict
+from slimline.measure.runtime import make_session
 
 
 def compressed_size(path: str | Path) -> int:
@@ -55,6 +56,7 @@ class PrecisionComparison:
     agreement: float | None                # classifier: test items where the two agree
     size_bytes: dict[str, int]
     latency_p50_ms: dict[str, float]
+    embedding: dict[str, float] | None = None   # embedding model: int8 vs fp32 on test (nn@1...)
 
     @property
     def speedup(self) -> float:
@@ -71,8 +73,10 @@ class PrecisionComparison:
         """The comparison as the quantize stage's log states it."""
         fp32, int8 = self.quality["fp32"], self.quality["int8"]
         if task.is_embedding:  # no labels: the int8 embeddings are judged against fp32's
-            quality = (f"embedding fidelity of the quantized model to fp32 (mean cosine): "
-                       f"val {int8['val']:.4f}, test {int8['test']:.4f}")
+            quality = (f"embedding fidelity of the quantized model to fp32, each text alone at its "
+                       f"own length (mean cosine): val {int8['val']:.4f}, test {int8['test']:.4f}; "
+                       "test cosine min {cos_min:.4f}, nn@1 agreement {nn1:.3f}, pairwise-"
+                       "similarity Spearman {spearman:.4f}".format(**self.embedding))
         else:
             quality = (f"top-1 val: fp32 {100 * fp32['val']:.2f}% -> quantized "
                        f"{100 * int8['val']:.2f}% (drop {self.drop_points('val'):+.2f} points); "
@@ -90,7 +94,9 @@ class PrecisionComparison:
         """The flat keys of the quantize stage's metrics file."""
         fp32, int8 = self.quality["fp32"], self.quality["int8"]
         quality = ({"int8_val_embedding_fidelity": int8["val"],
-                    "int8_test_embedding_fidelity": int8["test"]} if task.is_embedding else
+                    "int8_test_embedding_fidelity": int8["test"],
+                    **{f"int8_test_{key}": value for key, value in self.embedding.items()}}
+                   if task.is_embedding else
                    {"fp32_val_top1": fp32["val"], "int8_val_top1": int8["val"],
                     "fp32_test_top1": fp32["test"], "int8_test_top1": int8["test"],
                     "val_top1_drop_points": round(self.drop_points("val"), 2),
@@ -107,8 +113,8 @@ def compare_precisions(fp32: Path, int8: Path, splits: dict[str, Split], task, *
     """Quality on each split (a classifier's top-1 on the labels; an embedding model's int8
     embeddings against fp32's, fp32 scoring 1), file sizes and batch-1 p50 latency."""
     sessions = {"fp32": make_session(fp32), "int8": make_session(int8)}
-    outputs = {name: {split: onnx_predict(session, data.inputs) for split, data in splits.items()}
-               for name, session in sessions.items()}
+    outputs = {name: {split: task.predict_onnx(session, data.inputs)
+                      for split, data in splits.items()} for name, session in sessions.items()}
     quality = {name: {split: task.output_quality(outputs[name][split], outputs["fp32"][split],
                                                  data.labels)
                       for split, data in splits.items()} for name in sessions}
@@ -122,4 +128,6 @@ def compare_precisions(fp32: Path, int8: Path, splits: dict[str, Split], task, *
         agreement,
         {"fp32": file_size(fp32), "int8": file_size(int8)},
         {name: timing.percentile(50) for name, timing in timings.items()},
+        embedding_quality(outputs["fp32"]["test"], outputs["int8"]["test"])
+        if task.is_embedding else None,
     )

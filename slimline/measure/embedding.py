@@ -1,10 +1,17 @@
 """Embedding fidelity: how close a compressed encoder's sentence embeddings stay to the teacher's.
 
 For an encoder without a task head, top-1 means nothing; what a user relies on is that the
-compressed model places each text where the teacher did (mean cosine similarity of the two
-embeddings of the same text) and, when they provide labelled pairs, that similar pairs still
-score above dissimilar ones (pair accuracy at the best cosine threshold, per model, as
-sentence-embedding benchmarks report it).
+compressed model places each text where the teacher did, and ranks texts as the teacher did:
+
+* cosine mean / min: of each text's embedding to the teacher's embedding of the same text;
+* nn@1 agreement: each test text's nearest neighbour among the other test texts (cosine) is the
+  one the teacher finds (item by item, so two models compare like top-1 correctness);
+* Spearman: rank correlation of all pairwise similarities, the model's against the teacher's;
+* with labelled pairs, that similar pairs still score above dissimilar ones (pair accuracy at the
+  best cosine threshold, per model, as sentence-embedding benchmarks report it).
+
+A text retrieving its own teacher embedding (`retrieval_hits`) is passed by nearly every model,
+even a poor one: it is kept for reference, never the headline.
 
 numpy only at import: evaluate and quantize use this module without the training stack.
 """
@@ -18,6 +25,50 @@ def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     first = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
     second = second / np.maximum(np.linalg.norm(second, axis=1, keepdims=True), 1e-12)
     return np.sum(first * second, axis=1)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """Per row, the index of its most similar other row (cosine)."""
+    similarities = unit_rows(embeddings) @ unit_rows(embeddings).T
+    np.fill_diagonal(similarities, -np.inf)
+    return similarities.argmax(1)
+
+
+def nn1_agreement(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per text, whether its nearest other text under the candidate is the reference's."""
+    return nearest_neighbours(reference) == nearest_neighbours(candidate)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return ranks   # float similarities practically never tie; ties get consecutive ranks
+
+
+def pair_similarity_spearman(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Spearman rank correlation of all pairwise cosine similarities (each pair once)."""
+    upper = np.triu_indices(len(reference), 1)
+    first = _ranks((unit_rows(reference) @ unit_rows(reference).T)[upper])
+    second = _ranks((unit_rows(candidate) @ unit_rows(candidate).T)[upper])
+    if len(first) < 2:
+        return 1.0
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+def embedding_quality(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """The headline numbers of an embedding model against the reference's embeddings."""
+    if reference.shape != candidate.shape:
+        raise ValueError(
+            f"embedding shapes differ: teacher {reference.shape}, student {candidate.shape}"
+        )
+    cosines = cosine_rows(reference, candidate)
+    return {"cos_mean": float(cosines.mean()), "cos_min": float(cosines.min()),
+            "nn1": float(nn1_agreement(reference, candidate).mean()),
+            "spearman": pair_similarity_spearman(reference, candidate)}
 
 
 def embedding_fidelity(teacher: np.ndarray, student: np.ndarray) -> float:
@@ -69,11 +120,11 @@ def embedding_outcomes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, predictions) of an embedding model's judged task, so it can be compared with the
     teacher item by item like a classifier: with labelled pairs `(embeddings a, embeddings b,
-    labels)`, similar (1) / dissimilar (0) at its best threshold; without, whether each test text
-    retrieves its own teacher embedding (1) or not (0)."""
+    labels)`, similar (1) / dissimilar (0) at its best threshold; without, whether each test
+    text's nearest other test text is the teacher's (nn@1 agreement: 1) or not (0)."""
     if pairs is not None:
         first, second, labels = pairs
         correct, _ = pair_correct(first, second, labels)
         return labels, np.where(correct, labels, 1 - labels)
-    hits = retrieval_hits(reference, candidate).astype(np.int64)
+    hits = nn1_agreement(reference, candidate).astype(np.int64)
     return np.ones_like(hits), hits

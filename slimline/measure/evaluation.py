@@ -4,12 +4,17 @@ throughput, timed interleaved. The first model is the reference (the teacher), t
 shipped one.
 
 A classifier is judged by test top-1. An embedding model (a transformer without a task head) is
-judged by its embeddings: fidelity (mean cosine to the teacher's) and, item by item like top-1,
-labelled pairs (data.text.pairs) or, without them, whether each test text's embedding retrieves
-the teacher's embedding of the same text.
+judged by its embeddings, each test text encoded alone at its own length (a batch-1 user's
+call; padding changes dynamic int8's results): nn@1 agreement item by item like top-1 (or
+labelled pairs, data.text.pairs), and mean / minimum cosine and the Spearman correlation of
+pairwise similarities against the teacher (slimline/measure/embedding.py).
+
+Artifacts whose model.onnx bytes equal an earlier artifact's (a disabled stage's pass-through)
+are not measured again: they share that artifact's outputs and timing, and the log says so.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +23,15 @@ import numpy as np
 from slimline.artifact.recipe import ONNX, Recipe, read_recipe
 from slimline.config.params import EvaluateParams
 from slimline.data.splits import Split
-from slimline.measure.embedding import embedding_fidelity, embedding_outcomes
+from slimline.measure.embedding import embedding_fidelity, embedding_outcomes, embedding_quality
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
-from slimline.measure.runtime import check_feeds, make_session, onnx_predict
+from slimline.measure.runtime import (
+    check_feeds,
+    make_session,
+    onnx_predict,
+    onnx_predict_unpadded,
+)
 from slimline.measure.stats import paired_difference, speedup_spread, too_noisy
 
 # Per-model keys copied into the flat metrics file (`<model>.<key>`), for `dvc metrics diff`.
@@ -29,6 +39,7 @@ METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio",
                "macs", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "speedup",
                "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
                "mean_kl")
+EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "spearman")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,6 +73,7 @@ class Evaluation:
                     metrics[f"{row['name']}.{key}"] = row[key]
             if task.is_embedding:
                 metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
+                metrics.update({f"{row['name']}.{key}": row[key] for key in EMBEDDING_KEYS})
         return metrics
 
 
@@ -74,13 +86,17 @@ def _judged_outcomes(sessions, outputs, test: Split, pairs, task) -> tuple[dict,
     outcomes = {}
     for name, session in sessions.items():
         pair_embeddings = None if pairs is None else (
-            onnx_predict(session, pairs[0].inputs), onnx_predict(session, pairs[1].inputs),
-            pairs[0].labels)
+            task.predict_onnx(session, pairs[0].inputs),
+            task.predict_onnx(session, pairs[1].inputs), pairs[0].labels)
         outcomes[name] = embedding_outcomes(reference, outputs[name], pair_embeddings)
     judged = ("labelled pairs judged similar/dissimilar at each model's best cosine threshold"
-              if pairs else "test texts whose embedding retrieves the teacher's embedding of the "
-              "same text")
+              if pairs else "nn@1 agreement (test texts whose nearest other test text is the "
+              "teacher's)")
     return outcomes, judged
+
+
+def onnx_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def evaluate_models(models: dict[str, Path], test: Split, task, settings: EvaluateParams, *,
@@ -89,37 +105,53 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
     are an embedding model's labelled pairs, if any."""
     recipes: dict[str, Recipe] = {}
     sessions, graphs, outputs = {}, {}, {}
+    first_with: dict[str, str] = {}     # ONNX digest -> the first model with those bytes
+    same_as: dict[str, str] = {}        # model -> the earlier model with identical ONNX bytes
     for name, folder in models.items():
         recipes[name] = read_recipe(folder)
         graphs[name] = load_onnx(folder / ONNX)  # a clear line for a non-ONNX file or no outputs
+        digest = onnx_digest(folder / ONNX)
+        if digest in first_with:
+            same_as[name] = first_with[digest]
+            outputs[name] = outputs[same_as[name]]
+            sessions[name] = sessions[same_as[name]]
+            log(f"{name:<10} {folder / ONNX} has the same bytes as {same_as[name]}'s: not run or "
+                f"timed again (its outputs and timing are {same_as[name]}'s)")
+            continue
+        first_with[digest] = name
         sessions[name] = make_session(folder / ONNX, threads=settings.threads)
         check_feeds(sessions[name], test.inputs, str(folder / ONNX))
-        outputs[name] = onnx_predict(sessions[name], test.inputs)
+        outputs[name] = (onnx_predict_unpadded(sessions[name], test.inputs) if task.is_embedding
+                         else onnx_predict(sessions[name], test.inputs))
     outcomes, judged = _judged_outcomes(sessions, outputs, test, pairs, task)
     names = list(models)
     reference = names[0]
+    quality = {name: embedding_quality(outputs[reference], outputs[name]) for name in names} \
+        if task.is_embedding else {}
     for name in names:
         labels, predictions = outcomes[name]
         fidelity = (
-            f", embedding fidelity {embedding_fidelity(outputs[reference], outputs[name]):.4f}"
-            if task.is_embedding
-            else ""
+            ", cosine to the teacher mean {cos_mean:.4f} / min {cos_min:.4f}, pairwise-similarity "
+            "Spearman {spearman:.4f}".format(**quality[name]) if task.is_embedding else ""
         )
         log(f"{name:<10} {models[name]}, made by {' -> '.join(recipes[name].history)}: {judged} "
             f"{100 * (predictions == labels).mean():.2f}%{fidelity}")
 
+    timed = {name: session for name, session in sessions.items() if name not in same_as}
     log(f"timing batch 1: {settings.latency_runs} runs per model in {settings.rounds} interleaved "
-        f"rounds, {settings.threads} thread(s)")
-    latency = time_interleaved(sessions, test.head(1), runs=settings.latency_runs,
+        f"rounds, {settings.threads} thread(s); {len(timed)} distinct graphs of {len(names)}")
+    latency = time_interleaved(timed, test.head(1), runs=settings.latency_runs,
                                warmup=settings.warmup_runs, rounds=settings.rounds)
     batch_size = min(len(test), settings.throughput_batch)
     throughput_timing = time_interleaved(
-        sessions,
+        timed,
         test.head(batch_size),
         runs=settings.throughput_runs,
         warmup=2,
         rounds=min(settings.rounds, settings.throughput_runs),
     )
+    for name, original in same_as.items():
+        latency[name], throughput_timing[name] = latency[original], throughput_timing[original]
 
     reference_correct = np.equal(*outcomes[reference])
     rows, spreads = [], {}
@@ -163,18 +195,21 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
                 "mean_kl": float("nan")
                 if task.is_embedding
                 else mean_kl(outputs[reference], outputs[name]),
+                "same_onnx_as": same_as.get(name, ""),
+                **quality.get(name, {}),
             }
         )
     for row in rows:
         row["size_ratio"] = row["size_mb"] / rows[0]["size_mb"]
         row["throughput_ratio"] = row["throughput"] / rows[0]["throughput"]
         log(
-            f"{row['name']:<10} top-1 {100 * row['top1']:.2f}% ({100 * row['diff']:+.1f} pts, CI "
+            f"{row['name']:<10} {task.judged} {100 * row['top1']:.2f}% "
+            f"({100 * row['diff']:+.1f} pts, CI "
             f"{100 * row['diff_low']:+.1f}..{100 * row['diff_high']:+.1f}), "
             f"{row['size_mb']:.3f} MB ({row['size_ratio']:.3f}x), "
             f"p50 {row['latency_p50_ms']:.3f} ms ({row['speedup']:.2f}x "
             f"faster, rounds {row['speedup_low']:.2f}-{row['speedup_high']:.2f}), "
-            f"{row['throughput']:.0f}/s"
+            f"{row['throughput']:.0f} {task.throughput_unit}"
         )
     noisy = [name for name in names[1:] if too_noisy(spreads[name], settings.max_speedup_spread)]
     return Evaluation(rows, outcomes, judged, noisy)

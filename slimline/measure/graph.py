@@ -65,6 +65,43 @@ def _with_batch(model: onnx.ModelProto, batch: int,
     return shape_inference.infer_shapes(model, data_prop=True)
 
 
+ATTENTION_OPS = ("Attention", "QAttention")   # ONNX Runtime's fused attention (com.microsoft)
+# Ops whose first output has the broadcast shape of their inputs: the elementwise ops around a
+# fused or dynamic-int8 transformer graph, and ONNX Runtime's fused ops that keep their input's
+# shape. ONNX shape inference stops at the com.microsoft ops; these carry the shapes on.
+SAME_SHAPE_OPS = {"Add", "Mul", "Sub", "Div", "Cast", "Tanh", "Erf", "Relu", "Sigmoid",
+                  "DynamicQuantizeLinear", "DequantizeLinear", "QuantizeLinear",
+                  "LayerNormalization", "SkipLayerNormalization",
+                  "SkipSimplifiedLayerNormalization",
+                  "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "Softmax"}
+
+
+def _fill_contrib_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """Shapes that ONNX shape inference left unknown after ONNX Runtime's contrib ops (a fused
+    graph's Attention, SkipLayerNormalization, BiasGelu, QAttention), in graph order."""
+    for node in model.graph.node:
+        if not node.output or node.output[0] in shapes:
+            continue
+        inputs = [shapes.get(name) for name in node.input]
+        if node.op_type in SAME_SHAPE_OPS:
+            if node.op_type == "DynamicQuantizeLinear":
+                inputs = inputs[:1]
+            known = [shape for shape in inputs if shape is not None]
+            if known and len(known) == len([name for name in node.input if name]):
+                try:
+                    shapes[node.output[0]] = list(np.broadcast_shapes(*map(tuple, known)))
+                except ValueError:
+                    pass
+        elif node.op_type in ("MatMul", "MatMulInteger") and inputs[0] and len(inputs) > 1 \
+                and inputs[1] and len(inputs[1]) == 2:
+            shapes[node.output[0]] = [*inputs[0][:-1], inputs[1][-1]]
+        elif node.op_type in ATTENTION_OPS and inputs[0] and len(inputs) > 1 and inputs[1]:
+            shapes[node.output[0]] = [*inputs[0][:-1], inputs[1][-1] // 3]
+        elif node.op_type == "Gather" and inputs[0] and len(inputs) > 1 and inputs[1] is not None:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(inputs[0])
+            shapes[node.output[0]] = [*inputs[0][:axis], *inputs[1], *inputs[0][axis + 1:]]
+
+
 def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
     """Multiply-accumulates of one batch-1 inference, from the graph's Conv/Gemm/MatMul shapes;
     `example` (named inputs) sets the size of dynamic axes other than the batch."""
@@ -83,10 +120,18 @@ def macs_by_kind(model: onnx.ModelProto, example: Inputs | None = None) -> dict[
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
             shapes.setdefault(node.output[0], shapes[node.input[0]])
+    _fill_contrib_shapes(model, shapes)
     total = {"conv": 0, "matmul": 0}
     for node in model.graph.node:
         out = shapes.get(node.output[0])
         if out is None:
+            continue
+        if node.op_type in ATTENTION_OPS:
+            hidden, weight = shapes.get(node.input[0]), shapes.get(node.input[1])
+            if hidden and weight:   # the q/k/v projection, then q.k^T and the weighted sum of v
+                tokens, width = int(np.prod(hidden[:-1])), weight[-1] // 3
+                total["matmul"] += (tokens * hidden[-1] * weight[-1]
+                                    + 2 * tokens * hidden[-2] * width)
             continue
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             weight = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])

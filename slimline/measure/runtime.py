@@ -41,3 +41,26 @@ def onnx_predict(session, inputs: Inputs | np.ndarray, batch_size: int = 256) ->
 
 def onnx_accuracy(session, data: Split) -> float:
     return float((onnx_predict(session, data.inputs).argmax(1) == data.labels).mean())
+
+
+def unpadded(inputs: Inputs, mask_name: str = "attention_mask"):
+    """Each example alone at its own length (its padding dropped), as a batch-1 deployment runs
+    it: name -> (1, length) arrays, one dict per example. Inputs without a padding mask are
+    yielded one example at a time as they are."""
+    inputs = as_inputs(inputs)
+    count = len(next(iter(inputs.values())))
+    mask = inputs.get(mask_name)
+    for row in range(count):
+        if mask is None or mask.ndim != 2:
+            yield {name: array[row:row + 1] for name, array in inputs.items()}
+            continue
+        keep = np.flatnonzero(mask[row]) if mask[row].any() else np.arange(1)
+        yield {name: array[row:row + 1, keep] if array.ndim == 2 and array.shape == mask.shape
+               else array[row:row + 1] for name, array in inputs.items()}
+
+
+def onnx_predict_unpadded(session, inputs: Inputs) -> np.ndarray:
+    """The first output for each example alone, at its own length (see unpadded): how dynamic
+    int8, which quantizes activations per call, behaves for a batch-1 user; padding would change
+    its activation ranges, hence its results."""
+    return np.concatenate([session.run(None, feed)[0] for feed in unpadded(inputs)])

@@ -89,6 +89,37 @@ class TextModel(nn.Module):
         return mean_pool(output.last_hidden_state, attention_mask)
 
 
+class FusableTextModel(nn.Module):
+    """The same model, written the way ONNX Runtime's transformer fusion recognises
+    (slimline/techniques/fusion.py): eager attention, and the additive 4-D mask
+    (1 - mask) * -10000 built here rather than inside the library. Same outputs as the
+    TextModel it wraps (measured within 1e-6)."""
+
+    def __init__(self, text_model: TextModel):
+        super().__init__()
+        self.inner = text_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        additive = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)) * -10000.0
+        output = self.inner.model(input_ids=input_ids, attention_mask=additive)
+        if self.inner.task == "classification":
+            return output.logits
+        return mean_pool(output.last_hidden_state, attention_mask)
+
+
+def fusable_text_model(model: TextModel) -> tuple[FusableTextModel, int, int]:
+    """(wrapper, attention heads, attention width) for the fusion export; the model is switched
+    to eager attention (a copy is not needed: the artifact was already written). One clear line
+    when layers differ in head count (ORT fuses with one head count for the whole graph)."""
+    heads = {module.num_attention_heads for module in attention_layers(model)}
+    widths = {module.all_head_size for module in attention_layers(model)}
+    if len(heads) != 1 or len(widths) != 1:
+        raise SlimlineError(f"attention layers have different head counts ({sorted(heads)}): "
+                            "ORT's attention fusion takes one count for the whole graph")
+    model.model.set_attn_implementation("eager")
+    return FusableTextModel(model).eval(), heads.pop(), widths.pop()
+
+
 def _auto_class(config, task: str):
     """The transformers class for the task, and its construction options: sdpa attention (it
     exports to plain MatMul/Softmax ONNX, the same maths as eager) and, for an embedding model,
@@ -188,20 +219,23 @@ def load_tokenizer(path: str | Path):
                             f"({str(exc).strip().splitlines()[0][:200]})") from None
 
 
-def attention_layers(model: nn.Module) -> list[nn.Module]:
-    """Self-attention modules with query/key/value projections (BERT, RoBERTa, ELECTRA, ...)."""
+def attention_layers(model: nn.Module, linear_only: bool = False) -> list[nn.Module]:
+    """Self-attention modules with query/key/value projections (BERT, RoBERTa, ELECTRA, ...).
+    A projection may be a Linear or, after decompose, its low-rank chain; `linear_only` keeps
+    the modules whose projections are all still plain Linear layers (what head pruning cuts)."""
+    kind = nn.Linear if linear_only else nn.Module
     return [
         module
         for module in model.modules()
-        if all(
-            isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value")
-        )
+        if all(isinstance(getattr(module, name, None), kind) for name in ("query", "key", "value"))
         and hasattr(module, "num_attention_heads")
     ]
 
 
 def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The stack of transformer blocks (name, ModuleList): the one with the attention layers."""
+    """The stack of transformer blocks (name, ModuleList): the one with the attention layers
+    (found whether their projections are Linear or, after decompose, factorized chains: a
+    stack of factorized layers is what "no stack of transformer layers found" used to miss)."""
     attention = set(attention_layers(model))
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) and all(
@@ -216,11 +250,12 @@ def keep_encoder_layers(model: nn.Module, indices: list[int]) -> tuple[str, list
     the recipe's keep_layers edit records."""
     name, stack = encoder_layers(model)
     bad = [index for index in indices if not -len(stack) <= index < len(stack)]
-    if bad or not indices or len(set(indices)) != len(indices):
+    kept = [index % len(stack) for index in indices if index not in bad]
+    if bad or not indices or len(set(kept)) != len(kept):
         raise SlimlineError(
             f"distill.student_layers = {indices} is not allowed: the model has "
-            f"{len(stack)} transformer layers (indices 0..{len(stack) - 1}, each once)"
+            f"{len(stack)} transformer layers (indices 0..{len(stack) - 1}, or from the end "
+            "-1..; each layer once)"
         )
-    kept = [index % len(stack) for index in indices]
     model.set_submodule(name, nn.ModuleList(stack[index] for index in kept))
     return name, kept

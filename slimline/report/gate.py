@@ -32,16 +32,21 @@ class BudgetCheck:
 
 
 def check_budgets(gate, shipped_drop: PairedDifference, latency_ms: float, size_mb: float,
-                  throughput: float) -> list[BudgetCheck]:
-    """`gate` is params.evaluate.gate; drops are in points (100 x fraction)."""
+                  throughput: float, *, judged: str = "top-1", throughput_unit: str = "images/s",
+                  embedding_fidelity: float | None = None) -> list[BudgetCheck]:
+    """`gate` is params.evaluate.gate; drops are in points (100 x fraction) of `judged` (top-1,
+    or an embedding model's nn@1 agreement, the teacher's being 100%)."""
     drop_points = -100 * shipped_drop.difference
     # The most favourable drop inside the interval (its lower end), or the point estimate.
     judged_drop = -100 * shipped_drop.high if gate.rule == "interval" else drop_points
-    checks = [BudgetCheck("top-1 drop vs teacher", gate.max_top1_drop, drop_points, judged_drop,
-                          False, "points")]
+    checks = [BudgetCheck(f"{judged} drop vs teacher", gate.max_top1_drop, drop_points,
+                          judged_drop, False, "points")]
     optional = [("batch-1 latency p50", gate.max_latency_ms, latency_ms, False, "ms"),
                 ("ONNX file size", gate.max_size_mb, size_mb, False, "MB"),
-                ("batch throughput", gate.min_throughput, throughput, True, "images/s")]
+                ("batch throughput", gate.min_throughput, throughput, True, throughput_unit)]
+    if embedding_fidelity is not None:
+        optional.append(("embedding fidelity", gate.min_embedding_fidelity, embedding_fidelity,
+                         True, "mean cosine"))
     checks += [BudgetCheck(name, budget, value, value, higher, unit)
                for name, budget, value, higher, unit in optional if budget is not None]
     return checks

@@ -17,7 +17,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, detectable: float,
-                    noisy: list[str], per_class: list[float], lineage: dict, settings: dict) -> str:
+                    noisy: list[str], per_class: list[float], lineage: dict, settings: dict,
+                    throughput_unit: str = "images/s") -> str:
     lines = ["# Slimline report", ""]
     passed = all(check.passed for check in checks)
     lines += [f"**Gate: {'PASSED' if passed else 'FAILED'}** for the shipped model `{shipped}` "
@@ -27,10 +28,12 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                   f"{', '.join(noisy)}**: per-round speed-ups spread more than "
                   f"{100 * settings['max_speedup_spread']:.0f}% (see the spread column).", ""]
     lines += ["## Models", ""]
+    embedding = "nn1" in rows[0]
+    copies = [row for row in rows if row.get("same_onnx_as")]
     header = [
         "model",
         "stage",
-        "top-1 %",
+        "nn@1 agreement %" if embedding else "top-1 %",
         "Δ vs teacher (95% CI), points",
         "flips +/−",
         "size MB",
@@ -39,10 +42,9 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         "MACs",
         "p50 / p95 / p99 ms",
         "speed-up (round spread)",
-        f"img/s @{settings['throughput_batch']}",
+        f"{throughput_unit} @{settings['throughput_batch']}",
         "× thr",
-        "agree %",
-        "KL",
+        *(["cosine mean / min", "Spearman"] if embedding else ["agree %", "KL"]),
     ]
     table = []
     for row in rows:
@@ -63,8 +65,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                 f"{row['speedup']:.2f}× ({row['speedup_low']:.2f}–{row['speedup_high']:.2f})",
                 f"{row['throughput']:.0f}",
                 f"{row['throughput_ratio']:.2f}",
-                f"{100 * row['agreement']:.1f}",
-                f"{row['mean_kl']:.4f}",
+                *([f"{row['cos_mean']:.4f} / {row['cos_min']:.4f}", f"{row['spearman']:.4f}"]
+                  if embedding else [f"{100 * row['agreement']:.1f}", f"{row['mean_kl']:.4f}"]),
             ]
         )
     lines += _table(header, table)
@@ -79,7 +81,15 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         "Size counts the whole ONNX file. Flips: test items the model got right and the "
         "teacher wrong (+) and the reverse (−).",
         "",
-        f"The {rows[0]['items']}-image test split can detect differences of "
+        *([
+            "Embeddings: each test text encoded alone at its own length. nn@1 agreement: the "
+            "share of test texts whose nearest other test text is the teacher's; cosine: of each "
+            "text's embedding to the teacher's; Spearman: of all pairwise similarities against "
+            "the teacher's.", ""] if embedding else []),
+        *(["Not run or timed again (same ONNX bytes as an earlier model): " + ", ".join(
+            f"{row['name']} = {row['same_onnx_as']}" for row in copies) + ".", ""]
+          if copies else []),
+        f"The {rows[0]['items']}-item test split can detect differences of "
         f"{100 * detectable:.1f} points or more (exact McNemar test, 95%); smaller differences "
         "are indistinguishable from noise.",
         "",
@@ -126,7 +136,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
 
 
 def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classes: int,
-                 detectable: float, lineage: dict, settings: dict) -> None:
+                 detectable: float, lineage: dict, settings: dict,
+                 throughput_unit: str = "images/s") -> None:
     """The report folder, written atomically: report.md, models.json (the rows DVC plots read),
     lineage.json, the triangle plot and the shipped model's confusion matrix."""
     shipped = evaluation.shipped["name"]
@@ -145,4 +156,5 @@ def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classe
         )
         (tmp / "report.md").write_text(markdown_report(
             rows=plain, checks=checks, gate_rule=gate_rule, shipped=shipped, detectable=detectable,
-            noisy=evaluation.noisy, per_class=per_class, lineage=lineage, settings=settings))
+            noisy=evaluation.noisy, per_class=per_class, lineage=lineage, settings=settings,
+            throughput_unit=throughput_unit))

@@ -23,7 +23,8 @@ from torch import nn
 from slimline.config.params import DistillParams
 from slimline.data.splits import Split
 from slimline.errors import SlimlineError
-from slimline.task import CLASSIFIER, Task, stay_close_loss
+from slimline.task import CLASSIFIER, Task
+from slimline.training import device as training_device
 from slimline.training.loop import (
     TensorInputs,
     accuracy,
@@ -115,20 +116,28 @@ class DistillResult:
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: Split, config: DistillParams, *,
-            seed: int, log=print, task: Task = CLASSIFIER) -> DistillResult:
+            seed: int, log=print, task: Task = CLASSIFIER,
+            kept_layers: list[int] | None = None) -> DistillResult:
     """Train `student` (in place) against `teacher`'s soft targets (an embedding model: against
-    its embeddings, by cosine); the teacher is never updated."""
+    its embeddings and hidden states, slimline/techniques/distill_encoder.py, where
+    `kept_layers` are the teacher layers a shallower student started from); the teacher is
+    never updated."""
     teacher = teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     temperature, alpha = config.temperature, config.alpha
 
     if task.is_embedding:
+        from slimline.techniques.distill_encoder import distill_encoder
+
         if config.feature_weight:
             raise SlimlineError("distill.feature_weight is for convnets with residual blocks; "
                                 "set it to 0 for an embedding model")
-        loss_fn, trained = stay_close_loss(teacher), student
-    elif config.feature_weight == 0:
+        report = distill_encoder(student, teacher, train, config, seed=seed,
+                                 kept_layers=kept_layers, log=log)
+        return DistillResult(student.eval(), report.loss_history)
+    training_device.place(teacher)
+    if config.feature_weight == 0:
         def loss_fn(model, inputs, labels):
             with torch.inference_mode():
                 teacher_logits = forward(teacher, inputs)
@@ -161,6 +170,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Split, config: Distil
     seed_everything(seed)
     history = fit(trained, train, config.train, seed=seed, loss_fn=loss_fn,
                   description="distill", log=log)
+    teacher.to("cpu")
     if config.feature_weight:
         for tap in student_taps + teacher_taps:
             tap.handle.remove()
@@ -198,14 +208,15 @@ class Comparison:
 
 def distill_and_compare(student: nn.Module, teacher: nn.Module, splits: dict[str, Split],
                         config: DistillParams, *, seed: int, log=print,
-                        task: Task = CLASSIFIER) -> Comparison:
+                        task: Task = CLASSIFIER, kept_layers: list[int] | None = None
+                        ) -> Comparison:
     """The distilled student's top-1 on val and test (an embedding model's: its fidelity to the
     teacher), and, with compare_without_teacher, the same for the control run on labels alone
     (which an embedding model, having no labels, cannot have)."""
     control = (copy.deepcopy(student) if config.compare_without_teacher and not task.is_embedding
                else None)
     distilled = distill(student, teacher, splits["train"], config, seed=seed, log=log,
-                        task=task).student
+                        task=task, kept_layers=kept_layers).student
     score = task.score(teacher)
     result = Comparison(
         distilled, score(distilled, splits["val"]), score(distilled, splits["test"])

@@ -35,7 +35,7 @@ def head_counts(model: nn.Module) -> dict[str, int]:
 
 def _sync_head_attributes(model: nn.Module) -> None:
     """After the cut: the attention modules' head bookkeeping follows their projections."""
-    for attention in attention_layers(model):
+    for attention in attention_layers(model, linear_only=True):
         attention.all_head_size = attention.query.out_features
         attention.num_attention_heads = attention.all_head_size // attention.attention_head_size
 
@@ -59,7 +59,7 @@ def prune_transformer(model: TextModel, config: PruneParams, example: dict[str, 
             "(no BatchNorm; use l1 or l2)"
         )
     head_keep = config.head_keep_ratio if config.head_keep_ratio is not None else config.keep_ratio
-    attention = attention_layers(model)
+    attention = attention_layers(model, linear_only=True)
     if not attention:
         raise SlimlineError(f"{type(model.model).__name__}: no self-attention layers with "
                             "query/key/value projections to prune")

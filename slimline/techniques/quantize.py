@@ -2,12 +2,24 @@
 
 Functions take an ONNX ModelProto (and data) and return a ModelProto plus a report; the
 temporary files ONNX Runtime's quantization API insists on stay inside a private temp dir.
-Quantization-aware training (torch side) lives in slimline/techniques/qat.py and ends here too.
+Quantization-aware training (torch side) lives in slimline/techniques/qat.py and ends here too;
+transformer graph fusion before int8 in slimline/techniques/fusion.py.
 
 Why the defaults are what they are (measured with a small ResNet, batch 1, one thread):
 static QDQ with uint8 activations + int8 per-channel weights is the fast path of ORT's x86
 int8 kernels (u8s8); int8 activations ran 0.78x of fp32 and dynamic int8 convolutions
-(ConvInteger) 0.13-0.23x, so dynamic quantization only touches MatMul/Gemm here.
+(ConvInteger) 0.13-0.23x, so dynamic quantization never touches convolutions.
+
+Transformers (measured on all-MiniLM-L6-v2, docs/results/): dynamic int8 covers every
+weight-heavy op: the MatMuls, the fused Attention, and the embedding Gathers, whose tables are
+half of a small encoder's weights (quantizing MatMul only left the file at 0.649x of fp32, ONNX
+Runtime's one call reaches 0.253x). Per-tensor weights lost fidelity (mean cosine 0.959 against
+0.991 per channel). 7-bit weights (reduce_range) are a hedge against int16 saturation on CPUs
+without VNNI that measured neutral on mean cosine per channel but cost the worst text (0.971
+against 0.982), so without VNNI both are built and the more faithful one is kept.
+Static QDQ lost fidelity (0.923): a transformer falls back to dynamic int8 when static measures
+worse. 4-bit weight-only (MatMulNBits + GatherBlockQuantized tables) is the smallest and, at
+batch 1 on AVX2, slower than fp32 (0.86-0.94x): size-first only.
 """
 from __future__ import annotations
 
@@ -36,6 +48,8 @@ from slimline.techniques.affine import (
 # CPU flags that give x86 int8 dot products without int16 saturation (VNNI) or tile units (AMX).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 INT8_FLAGS = ("avx2", "avx512f", "avx512bw", *VNNI_FLAGS, "amx_tile")
+# Calibration examples on which candidate int8 graphs are compared with fp32 (each run alone).
+FIDELITY_EXAMPLES = 256
 
 
 def cpu_int8_features(cpuinfo: str | None = None) -> set[str]:
@@ -57,6 +71,8 @@ class Int8Target:
     activation_type: str   # "uint8" | "int8"
     reduce_range: bool     # 7-bit weights
     reason: str
+    # reduce_range auto without VNNI: dynamic int8 builds both ranges and keeps the more faithful
+    measure_reduce_range: bool = False
 
 
 def choose_int8_target(config: QuantizeParams, features: set[str],
@@ -77,9 +93,11 @@ def choose_int8_target(config: QuantizeParams, features: set[str],
         # Without VNNI, u8s8 products are summed pairwise in int16 (vpmaddubsw) and can saturate;
         # 7-bit weights rule that out. With VNNI (or on ARM) the full 8 bits are safe.
         reduce_range = not (vnni or is_arm)
-        reasons.append("7-bit weights (no VNNI: avoids int16 saturation)" if reduce_range
+        reasons.append("7-bit weights (no VNNI: avoids int16 saturation; dynamic int8 measures "
+                       "both ranges and keeps the more faithful)" if reduce_range
                        else "full 8-bit weights (VNNI/ARM accumulate in int32)")
-    return Int8Target(activation, bool(reduce_range), "; ".join(reasons) or "as set in params")
+    return Int8Target(activation, bool(reduce_range), "; ".join(reasons) or "as set in params",
+                      measure_reduce_range=config.reduce_range == "auto" and bool(reduce_range))
 
 
 class _CalibrationReader:
@@ -202,31 +220,64 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_dynamic_int8(model: onnx.ModelProto, config: QuantizeParams,
-                          target: Int8Target) -> onnx.ModelProto:
-    """Dynamic int8 on MatMul only: weights int8 offline, activations quantized per call.
-    Convolutions stay fp32 on purpose (ConvInteger measured 0.13-0.23x of fp32)."""
+# Dynamic int8 op types. Convolutions never (ConvInteger ran 0.13-0.23x of fp32). A transformer's
+# embedding Gathers too (ORT quantizes a Gather only when its table is a weight), and the fused
+# Attention when graph fusion was kept.
+DYNAMIC_OPS = ("MatMul",)
+TRANSFORMER_DYNAMIC_OPS = ("MatMul", "Gather")
+FUSED_DYNAMIC_OPS = ("MatMul", "Gather", "Attention")
+
+
+def quantize_dynamic_int8(model: onnx.ModelProto, config: QuantizeParams, reduce_range: bool,
+                          op_types: tuple[str, ...] = DYNAMIC_OPS) -> onnx.ModelProto:
+    """Dynamic int8: weights int8 offline (per channel if configured), activations quantized
+    per call, on `op_types` only."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = gemm_to_matmul(model)
     with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
         source, output = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
-        quantize_dynamic(str(source), str(output), op_types_to_quantize=["MatMul"],
-                         per_channel=config.per_channel, reduce_range=target.reduce_range,
+        quantize_dynamic(str(source), str(output), op_types_to_quantize=list(op_types),
+                         per_channel=config.per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8)
         return onnx.load(str(output))
 
 
-def quantize_weight_only_4bit(model: onnx.ModelProto, config: QuantizeParams) -> onnx.ModelProto:
-    """4-bit block-wise weights via ORT's MatMulNBits (MatMul only; convolutions stay fp32)."""
+def quantize_weight_only_4bit(model: onnx.ModelProto, config: QuantizeParams,
+                              embeddings: bool = False) -> onnx.ModelProto:
+    """4-bit block-wise weights via ORT's MatMulNBits (convolutions stay fp32); `embeddings`:
+    the embedding tables too, as GatherBlockQuantized (int4 blocks along the hidden axis)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    op_types = ("MatMul", "Gather") if embeddings else ("MatMul",)
     quantizer = MatMulNBitsQuantizer(gemm_to_matmul(model), block_size=config.block_size,
-                                     is_symmetric=True)
+                                     is_symmetric=True, op_types_to_quantize=op_types)
     with _quiet_ort():
         quantizer.process()
     return quantizer.model.model
+
+
+def output_fidelity(reference: onnx.ModelProto, candidates: dict[str, onnx.ModelProto],
+                    inputs: Inputs, embedding: bool) -> dict[str, float]:
+    """How close each candidate's outputs stay to the reference's on `inputs`, each example run
+    alone at its own length (as a batch-1 user runs it): an embedding model's mean cosine; a
+    classifier's top-1 agreement (+ 0.001 x mean cosine of the logits, to break ties)."""
+    from slimline.measure.embedding import cosine_rows
+    from slimline.measure.runtime import make_session, onnx_predict_unpadded
+
+    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp:
+        outputs = {}
+        for name, model in {"reference": reference, **candidates}.items():
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(model, str(path))
+            outputs[name] = onnx_predict_unpadded(make_session(path), inputs)
+    fidelity = {}
+    for name in candidates:
+        cosine = float(cosine_rows(outputs["reference"], outputs[name]).mean())
+        fidelity[name] = cosine if embedding else float(
+            (outputs["reference"].argmax(1) == outputs[name].argmax(1)).mean()) + 1e-3 * cosine
+    return fidelity
 
 
 # ----------------------------------------------------------------------------- the report
@@ -377,28 +428,69 @@ def quantize_model(
     config: QuantizeParams,
     target: Int8Target,
     transformer: bool = False,
+    fused: bool = False,
+    embedding: bool = False,
+    log=print,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
-    """The configured post-training scheme on an fp32 graph (QAT's fine-tuned graph included);
-    a `transformer` is quantized on its MatMuls only (see quantize_static_qdq)."""
-    prepared = prepare_for_quantization(model)
+    """The configured post-training scheme on an fp32 graph (QAT's fine-tuned graph included).
+    A `transformer` is quantized on its MatMuls (static) or on every weight-heavy op (dynamic,
+    4-bit); `fused`: the graph went through fusion.py already (no second optimisation pass);
+    `embedding`: fidelity is judged by cosine (else by top-1 agreement)."""
+    prepared = model if fused else prepare_for_quantization(model)
     if transformer:
         prepared = gemm_to_matmul(prepared)
     settings = {"activation_type": target.activation_type, "reduce_range": target.reduce_range,
                 "per_channel": config.per_channel, "why": target.reason}
+    dynamic_ops = (FUSED_DYNAMIC_OPS if fused else TRANSFORMER_DYNAMIC_OPS) if transformer \
+        else DYNAMIC_OPS
+    probe = calibration.head(min(len(calibration), FIDELITY_EXAMPLES))
     if SCHEMES[config.scheme].calibrated:  # static, and QAT's fine-tuned graph
         quantized = quantize_static_qdq(
             prepared, calibration, config, target, matmul_only=transformer
         )
         settings["calibration_method"] = config.calibration_method
-        report = QuantizeReport(config.scheme, settings, count_ops(quantized))
-        report.tensors = weight_errors(prepared, quantized, target.reduce_range)
-        report.tensors += activation_errors(prepared, quantized,
-                                            calibration.head(config.calibration_batch_size))
+        scheme = config.scheme
+        if transformer:
+            # Static activation ranges suit transformers poorly (a real encoder: mean cosine
+            # 0.923 against 0.991 dynamic): keep static only where it measures as faithful.
+            dynamic = quantize_dynamic_int8(prepared, config, target.reduce_range, dynamic_ops)
+            fidelity = output_fidelity(prepared, {"static": quantized, "dynamic": dynamic}, probe,
+                                       embedding)
+            settings["fidelity_static"], settings["fidelity_dynamic"] = (fidelity["static"],
+                                                                         fidelity["dynamic"])
+            log(f"static vs dynamic int8 on {len(next(iter(probe.values())))} calibration "
+                f"examples (fidelity to fp32): static {fidelity['static']:.4f}, dynamic "
+                f"{fidelity['dynamic']:.4f}")
+            if fidelity["static"] < fidelity["dynamic"]:
+                log("static QDQ is less faithful than dynamic int8 on this transformer: shipping "
+                    "dynamic int8 instead (quantize.scheme static fell back)")
+                quantized, scheme = dynamic, "dynamic"
+                settings["fallback"] = "dynamic"
+        report = QuantizeReport(scheme, settings, count_ops(quantized))
+        if scheme != "dynamic":
+            report.tensors = weight_errors(prepared, quantized, target.reduce_range)
+            report.tensors += activation_errors(prepared, quantized,
+                                                calibration.head(config.calibration_batch_size))
     elif config.scheme == "dynamic":
-        quantized = quantize_dynamic_int8(prepared, config, target)
+        settings["op_types"] = list(dynamic_ops)
+        quantized = quantize_dynamic_int8(prepared, config, target.reduce_range, dynamic_ops)
+        if target.measure_reduce_range:
+            full = quantize_dynamic_int8(prepared, config, False, dynamic_ops)
+            fidelity = output_fidelity(prepared, {"7-bit": quantized, "8-bit": full}, probe,
+                                       embedding)
+            settings["fidelity_reduce_range"], settings["fidelity_full_range"] = (
+                fidelity["7-bit"], fidelity["8-bit"])
+            keep_full = fidelity["8-bit"] >= fidelity["7-bit"]
+            log(f"reduce_range measured on {len(next(iter(probe.values())))} calibration examples "
+                f"(fidelity to fp32): 7-bit weights {fidelity['7-bit']:.4f}, full 8-bit "
+                f"{fidelity['8-bit']:.4f}: keeping {'8-bit' if keep_full else '7-bit'}")
+            if keep_full:
+                quantized = full
+            settings["reduce_range"] = not keep_full
         report = QuantizeReport(config.scheme, settings, count_ops(quantized))
     else:
-        quantized = quantize_weight_only_4bit(prepared, config)
-        settings = {"block_size": config.block_size, "symmetric": True}
+        quantized = quantize_weight_only_4bit(prepared, config, embeddings=transformer)
+        settings = {"block_size": config.block_size, "symmetric": True,
+                    "embedding_tables": transformer}
         report = QuantizeReport(config.scheme, settings, count_ops(quantized))
     return quantized, report

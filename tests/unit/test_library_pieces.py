@@ -56,8 +56,12 @@ def test_split() -> Split:
 
 def test_the_task_comes_from_the_recipe_and_says_how_it_is_judged():
     encoder = Recipe("huggingface", {"config": {}, "task": "embedding"}, [])
-    assert task_of(encoder) == Task(EMBEDDING) and task_of(encoder).metric == "embedding fidelity"
+    assert task_of(encoder) == Task(EMBEDDING, "texts")
+    assert task_of(encoder).metric == "embedding fidelity"
+    assert task_of(encoder).throughput_unit == "texts/s"
+    assert task_of(encoder).judged == "nn@1 agreement"
     assert task_of(Recipe("resnet_digits", {}, [])) == Task(CLASSIFICATION)
+    assert task_of(Recipe("resnet_digits", {}, [])).throughput_unit == "images/s"
     outputs = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert Task(CLASSIFICATION).output_quality(outputs, outputs, np.array([0, 0])) == 0.5
     assert Task(EMBEDDING).output_quality(outputs, outputs, np.array([0, 0])) == pytest.approx(1.0)
@@ -84,6 +88,24 @@ def test_evaluation_rows_pair_each_model_with_the_reference(tmp_path, test_split
     metrics = evaluation.metrics(Task(CLASSIFICATION))
     assert metrics["shipped.top1"] == shipped["top1"] and "shipped.mean_kl" in metrics
     assert any("shipped" in line and "test top-1" in line for line in lines)
+
+
+def test_an_artifact_with_the_same_onnx_bytes_is_not_run_or_timed_again(tmp_path, test_split):
+    perfect = np.eye(FEATURES, CLASSES)
+    linear_artifact(tmp_path / "teacher", perfect, ["prepare"])
+    linear_artifact(tmp_path / "pruned", perfect, ["prepare", "prune (disabled)"])
+    linear_artifact(tmp_path / "shipped", perfect * 2, ["prepare", "quantize"])
+    settings = EvaluateParams(latency_runs=200, warmup_runs=1, rounds=2, throughput_runs=2,
+                              throughput_batch=8)
+    lines = []
+    evaluation = evaluate_models({name: tmp_path / name for name in ("teacher", "pruned",
+                                                                      "shipped")},
+                                 test_split, Task(CLASSIFICATION), settings, log=lines.append)
+    teacher, pruned, shipped = evaluation.rows
+    assert pruned["same_onnx_as"] == "teacher" and shipped["same_onnx_as"] == ""
+    assert pruned["latency_p50_ms"] == teacher["latency_p50_ms"] and pruned["speedup"] == 1.0
+    assert any("same bytes as teacher" in line for line in lines)
+    assert any("2 distinct graphs of 3" in line for line in lines)
 
 
 def test_precision_comparison_reports_drop_agreement_size_and_speed(tmp_path, test_split):

@@ -72,6 +72,19 @@ def test_latency_size_and_throughput_budgets():
     assert checks["ONNX file size"].passed and checks["batch throughput"].passed
 
 
+def test_an_embedding_model_is_gated_on_nn1_drop_and_mean_cosine():
+    gate = GateParams(max_top1_drop=20.0, min_embedding_fidelity=0.97)
+    reference, model = outcomes(100, 0, 0)
+    checks = {c.name: c for c in check_budgets(gate, paired_difference(reference, model), 1.0,
+                                                1.0, 1.0, judged="nn@1 agreement",
+                                                embedding_fidelity=0.95)}
+    assert checks["nn@1 agreement drop vs teacher"].passed
+    assert not checks["embedding fidelity"].passed
+    assert checks["embedding fidelity"].margin == pytest.approx(-0.02)
+    classifier = check_budgets(gate, paired_difference(reference, model), 1.0, 1.0, 1.0)
+    assert [check.name for check in classifier] == ["top-1 drop vs teacher"]
+
+
 def test_noisy_machine_warning_from_constructed_timings():
     rng = np.random.default_rng(0)
     steady_ref = [np.full(50, 2.0) + rng.normal(0, 0.01, 50) for _ in range(8)]

