@@ -1,4 +1,4 @@
-"""Soak: micro nights back to back against one SeaweedFS (6 in the suite; SLIMLINE_SOAK_NIGHTS=10
+"""Soak: micro nights back to back against one SeaweedFS (5 in the suite; SLIMLINE_SOAK_NIGHTS=10
 for the longer soak docs/reliability.md quotes), each through the same task commands the DAG runs
 (step per stage, then publish). Something changes on most nights (see `overrides`), so nights mix
 computed stages with stages restored from the run cache, as real nights do.
@@ -26,7 +26,7 @@ from tests.helpers.nightly import (
     tree_digest,
 )
 
-NIGHTS = int(os.environ.get("SLIMLINE_SOAK_NIGHTS", "6"))
+NIGHTS = int(os.environ.get("SLIMLINE_SOAK_NIGHTS", "5"))
 SEED_CHANGE = NIGHTS // 2
 
 
