@@ -10,8 +10,8 @@ compressed model places each text where the teacher did, and ranks texts as the 
 * with labelled pairs, that similar pairs still score above dissimilar ones (pair accuracy at the
   best cosine threshold, per model, as sentence-embedding benchmarks report it).
 
-A text retrieving its own teacher embedding (`retrieval_hits`) is passed by nearly every model,
-even a poor one: it is kept for reference, never the headline.
+A text retrieving its own teacher embedding is passed by nearly every model, even a poor one, so
+it is not measured.
 
 numpy only at import: evaluate and quantize use this module without the training stack.
 """
@@ -22,9 +22,7 @@ import numpy as np
 
 def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row of `first` with the same row of `second`."""
-    first = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
-    second = second / np.maximum(np.linalg.norm(second, axis=1, keepdims=True), 1e-12)
-    return np.sum(first * second, axis=1)
+    return np.sum(unit_rows(first) * unit_rows(second), axis=1)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -61,11 +59,7 @@ def pair_similarity_spearman(reference: np.ndarray, candidate: np.ndarray) -> fl
 
 def embedding_quality(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """The headline numbers of an embedding model against the reference's embeddings."""
-    if reference.shape != candidate.shape:
-        raise ValueError(
-            f"embedding shapes differ: teacher {reference.shape}, student {candidate.shape}"
-        )
-    cosines = cosine_rows(reference, candidate)
+    cosines = _paired_cosines(reference, candidate)
     return {"cos_mean": float(cosines.mean()), "cos_min": float(cosines.min()),
             "nn1": float(nn1_agreement(reference, candidate).mean()),
             "spearman": pair_similarity_spearman(reference, candidate)}
@@ -73,11 +67,15 @@ def embedding_quality(reference: np.ndarray, candidate: np.ndarray) -> dict[str,
 
 def embedding_fidelity(teacher: np.ndarray, student: np.ndarray) -> float:
     """Mean cosine similarity of the student's embeddings to the teacher's (1.0 = identical)."""
+    return float(_paired_cosines(teacher, student).mean())
+
+
+def _paired_cosines(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
     if teacher.shape != student.shape:
         raise ValueError(
             f"embedding shapes differ: teacher {teacher.shape}, student {student.shape}"
         )
-    return float(cosine_rows(teacher, student).mean())
+    return cosine_rows(teacher, student)
 
 
 def best_threshold_accuracy(similarities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -105,14 +103,6 @@ def pair_correct(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
     similarities = cosine_rows(embeddings_a, embeddings_b)
     _, threshold = best_threshold_accuracy(similarities, labels)
     return (similarities >= threshold) == (labels == 1), threshold
-
-
-def retrieval_hits(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per text, whether the candidate's embedding is closest (cosine) to the reference's
-    embedding of the same text among the reference's embeddings of all texts (ties count)."""
-    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    similarities = unit(candidate) @ unit(reference).T
-    return np.diagonal(similarities) >= similarities.max(axis=1) - 1e-6
 
 
 def embedding_outcomes(
