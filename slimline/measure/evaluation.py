@@ -26,12 +26,7 @@ from slimline.data.splits import Split
 from slimline.measure.embedding import embedding_fidelity, embedding_outcomes, embedding_quality
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
-from slimline.measure.runtime import (
-    check_feeds,
-    make_session,
-    onnx_predict,
-    onnx_predict_unpadded,
-)
+from slimline.measure.runtime import check_feeds, make_session
 from slimline.measure.stats import paired_difference, speedup_spread, too_noisy
 
 # Per-model keys copied into the flat metrics file (`<model>.<key>`), for `dvc metrics diff`.
@@ -121,8 +116,7 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
         first_with[digest] = name
         sessions[name] = make_session(folder / ONNX, threads=settings.threads)
         check_feeds(sessions[name], test.inputs, str(folder / ONNX))
-        outputs[name] = (onnx_predict_unpadded(sessions[name], test.inputs) if task.is_embedding
-                         else onnx_predict(sessions[name], test.inputs))
+        outputs[name] = task.predict_onnx(sessions[name], test.inputs)
     outcomes, judged = _judged_outcomes(sessions, outputs, test, pairs, task)
     names = list(models)
     reference = names[0]
