@@ -119,6 +119,7 @@ def stay_close_loss(reference):
     `reference` (frozen, in inference mode); the labels are not used."""
     import torch
 
+    from slimline.training import device as training_device
     from slimline.training.loop import forward
 
     reference = reference.eval()
@@ -126,9 +127,7 @@ def stay_close_loss(reference):
         parameter.requires_grad_(False)
 
     def loss_fn(model, inputs, labels):
-        device = next(iter(inputs.values())).device
-        if next(reference.parameters()).device != device:   # follows the training device
-            reference.to(device)
+        training_device.follow(reference, next(iter(inputs.values())))
         with torch.inference_mode():
             target = forward(reference, inputs)
         return cosine_distillation_loss(forward(model, inputs), target.clone())

@@ -160,8 +160,7 @@ def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], confi
         key = TeacherCache.key(inputs)
         entry = cache.get(key)
         if entry is None:
-            if next(teacher.parameters()).device != inputs["input_ids"].device:
-                teacher.to(inputs["input_ids"].device)   # follows the training device
+            training_device.follow(teacher, inputs["input_ids"])
             with torch.inference_mode():
                 out = teacher.model(input_ids=inputs["input_ids"],
                                     attention_mask=inputs["attention_mask"],

@@ -85,6 +85,14 @@ def place(module: nn.Module) -> nn.Module:
     return module.to(_current.device)
 
 
+def follow(module: nn.Module, tensor: torch.Tensor) -> nn.Module:
+    """`module` on `tensor`'s device: a frozen second model (a teacher, a fine-tune's reference)
+    that a loss runs beside the model in training, wherever fit() put the batch."""
+    if next(module.parameters()).device != tensor.device:
+        module.to(tensor.device)
+    return module
+
+
 def autocast():
     """bf16 autocast on CUDA when configured; a no-op context everywhere else."""
     if _current.bf16 and _current.device.type == "cuda":
