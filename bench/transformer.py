@@ -13,7 +13,9 @@ quarter), and sentences of the 2012 convention speeches and 2016 debates (a quar
 Steps, all in --workdir:
   1. a DVC project (this checkout's pipeline) with `target: encoder` on the model and the texts;
      `dvc repro` is timed: the wall time of the whole encoder profile on this machine;
-  2. the quantize path alone: the quantize stage (the profile's settings) on the teacher;
+  2. the quantize path alone: the quantize stage (the profile's settings) on the teacher; and
+     the student with `distill.trim_vocabulary` (trimmed to the training texts' tokens), through
+     the same quantize stage;
   3. ONNX Runtime's one call, quantize_dynamic per tensor and per channel, and ORT's transformer
      optimizer then quantize_dynamic per channel: all from the teacher's fp32 graph;
   4. one interleaved timing run (batch 1 x 64 tokens, one thread) and fidelity against the fp32
@@ -148,6 +150,33 @@ def make_project(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def trimmed_student(project: Path, work: Path) -> Path:
+    """The line's student as `distill.trim_vocabulary: true` makes it, without a second
+    distillation: the profile freezes the word-embedding table and every training text and
+    variant is made of kept tokens, so trimming before distillation trains exactly the same
+    layers. The distilled student is trimmed with the stage's functions and written as an
+    artifact, for the quantize stage."""
+    from slimline.artifact.store import load_model, write_artifact
+    from slimline.artifact.student import Student, trim_student_vocabulary
+    from slimline.data.splits import load_split
+    from slimline.data.text import read_special_tokens
+    from slimline.techniques.vocabulary import corpus_vocabulary, unseen_share
+
+    prepared = project / "data" / "prepared"
+    model, recipe = load_model(project / "models" / "distilled")
+    student = Student(model, recipe, "the distilled student")
+    train = load_split(prepared / "train.npz")
+    vocabulary = corpus_vocabulary(train.inputs, *read_special_tokens(prepared))
+    trim_student_vocabulary(student, vocabulary.kept, vocabulary.unknown)
+    test = load_split(prepared / "test.npz")
+    print(f"vocabulary trimmed to {len(vocabulary.kept):,} rows; "
+          f"{100 * unseen_share(test.inputs, vocabulary):.2f}% of the test texts' tokens are "
+          "outside it", flush=True)
+    output = work / "trimmed-distilled"
+    write_artifact(output, student.model, student.recipe, train.head(64), 1e-3)
+    return output
+
+
 def ort_baselines(fp32: Path, work: Path, heads: int, hidden: int) -> dict[str, Path]:
     """What a user gets from ONNX Runtime alone, from the line's own fp32 graph."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -223,6 +252,14 @@ def main() -> None:
              "--input", str(teacher), "--data", "data/prepared", "--output", str(quantize_only),
              "--metrics", str(work / "quantize-only.json"),
              "--log", str(work / "quantize-only.log")], project, work / "quantize-only.stdout")
+    trimmed = work / "trimmed-quantized"
+    if not (trimmed / "model.onnx").exists():
+        seconds["quantize stage on the trimmed student"] = run(
+            [sys.executable, "-m", "stages.quantize", "--params", "params.yaml",
+             "--input", str(trimmed_student(project, work)), "--data", "data/prepared",
+             "--output", str(trimmed), "--metrics", str(work / "trimmed-quantized.json"),
+             "--log", str(work / "trimmed-quantized.log")], project,
+            work / "trimmed-quantized.stdout")
     config = json.loads((teacher / "recipe.json").read_text())["arguments"]["config"]
     baselines = ort_baselines(teacher / "model.onnx", work, config["num_attention_heads"],
                               config["hidden_size"])
@@ -233,6 +270,7 @@ def main() -> None:
     models = {"teacher fp32": teacher / "model.onnx",
               "line: quantize path": quantize_only / "model.onnx",
               "line: target encoder": project / "models" / "quantized" / "model.onnx",
+              "line: target encoder, vocabulary trimmed": trimmed / "model.onnx",
               "ORT int8 per-tensor": baselines["ort-int8-per-tensor"],
               "ORT int8 per-channel": baselines["ort-int8-per-channel"],
               "ORT fused + int8": baselines["ort-fused+int8"]}

@@ -222,6 +222,10 @@ def main(args, params, log):
     with atomic_dir(args.data) as tmp:
         for name, split in splits.items():
             save_split(split, tmp / f"{name}.npz")
+        if params.data.source == "text":
+            from slimline.data.text import save_special_tokens
+
+            save_special_tokens(model_dir, tmp)
         if params.data.source == "text" and params.data.text.pairs:
             from slimline.data.text import save_pairs
 

@@ -90,10 +90,23 @@ def apply_keep_layers(model: nn.Module, edit: dict) -> None:
     model.set_submodule(edit["module"], nn.ModuleList(stack[index] for index in edit["indices"]))
 
 
+def trim_vocabulary_edit(kept: list[int], unknown: int) -> dict:
+    """The record of a word-embedding table cut to some token ids (a corpus's vocabulary)."""
+    return {"op": "trim_vocabulary", "module": "token_map", "kept": [int(i) for i in kept],
+            "unknown": int(unknown)}
+
+
+def apply_trim_vocabulary(model: nn.Module, edit: dict) -> None:
+    from slimline.models.huggingface import trim_vocabulary
+
+    trim_vocabulary(model, edit["kept"], edit["unknown"])
+
+
 EDIT_OPS = {
     "resize": apply_resize,
     "factorize": apply_factorize,
     "keep_layers": apply_keep_layers,
+    "trim_vocabulary": apply_trim_vocabulary,
 }
 
 

@@ -3,10 +3,10 @@ it is, with only some of a transformer's layers (distill.student_layers), or a f
 teacher's architecture at narrower widths (distill.student_widths)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from slimline.artifact.edits import keep_layers_edit
+from slimline.artifact.edits import keep_layers_edit, trim_vocabulary_edit
 from slimline.artifact.recipe import Recipe, read_recipe
 from slimline.artifact.store import load_model
 from slimline.config.params import DistillParams
@@ -58,3 +58,13 @@ def build_student(input_dir: Path, teacher_recipe: Recipe, config: DistillParams
         f"a fresh {teacher_recipe.architecture} {arguments} "
         f"(distill.student_widths); the input model {input_dir} is not used",
     )
+
+
+def trim_student_vocabulary(student: Student, kept: list[int], unknown: int) -> None:
+    """Cut the student's word-embedding table to the token ids `kept` (slimline/techniques/
+    vocabulary.py) and record the cut in its recipe, so the artifact rebuilds with it."""
+    from slimline.models.huggingface import trim_vocabulary
+
+    trim_vocabulary(student.model, kept, unknown)
+    student.recipe = replace(student.recipe,
+                             edits=[*student.recipe.edits, trim_vocabulary_edit(kept, unknown)])

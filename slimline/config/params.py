@@ -246,6 +246,12 @@ class DistillParams(Section):
     # Embedding models: + attention_weight x KL of the last layer's self-attention relations
     # (MiniLM-style, value-value and query-key); 0 switches it off.
     attention_weight: float = Field(0.0, ge=0)
+    # Embedding models: each training text also gives this many edited variants for the teacher to
+    # embed (tokens dropped, cropped, spliced, replaced: slimline/techniques/text_variants.py).
+    text_variants: int = Field(0, ge=0)
+    # Transformers: keep only the word-embedding rows of the tokens the training texts use; any
+    # other token reads the unknown token's row (slimline/techniques/vocabulary.py).
+    trim_vocabulary: bool = False
     # Transformers: the word-embedding table is not trained (it is half of a small encoder's
     # weights: freezing it removed most of the optimizer's cost, at no measured fidelity loss).
     freeze_embeddings: bool = True

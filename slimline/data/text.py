@@ -171,3 +171,28 @@ def save_pairs(path: str | Path, config, model_dir: Path, folder: Path) -> int:
     for texts, name in ((first, PAIR_FILES[0]), (second, PAIR_FILES[1])):
         save_split(Split(tokenize(tokenizer, texts, config.max_length), labels), folder / name)
     return len(labels)
+
+
+SPECIAL_TOKENS = "special_tokens.json"   # beside the splits: the tokenizer's special token ids
+
+
+def save_special_tokens(model_dir: Path, folder: Path) -> None:
+    """The tokenizer's special token ids and its unknown token's id, beside the splits, so a
+    later stage knows them without the user's model folder (distill.trim_vocabulary)."""
+    from slimline.models.huggingface import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    (folder / SPECIAL_TOKENS).write_text(json.dumps(
+        {"special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
+         "unknown": tokenizer.unk_token_id}))
+
+
+def read_special_tokens(folder: Path) -> tuple[list[int], int | None]:
+    """(special token ids, unknown token id or None) as prepare saved them."""
+    path = Path(folder) / SPECIAL_TOKENS
+    try:
+        data = json.loads(path.read_text())
+        return [int(i) for i in data["special_ids"]], data["unknown"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SlimlineError(f"{path}: no readable special token ids ({exc}); "
+                            "prepare writes them for text data") from None

@@ -81,9 +81,15 @@ class TextModel(nn.Module):
         if task not in TASKS:
             raise SlimlineError(f"transformer task '{task}' is not one of {', '.join(TASKS)}")
         self.model, self.task = transformer, task
+        # Token id -> row of a trimmed word-embedding table (trim_vocabulary); None: untrimmed.
+        self.register_buffer("token_map", None)
+
+    def table_rows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The word-embedding rows the token ids read: the ids themselves, unless trimmed."""
+        return input_ids if self.token_map is None else self.token_map[input_ids]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        output = self.model(input_ids=self.table_rows(input_ids), attention_mask=attention_mask)
         if self.task == "classification":
             return output.logits
         return mean_pool(output.last_hidden_state, attention_mask)
@@ -101,7 +107,8 @@ class FusableTextModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         additive = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)) * -10000.0
-        output = self.inner.model(input_ids=input_ids, attention_mask=additive)
+        output = self.inner.model(input_ids=self.inner.table_rows(input_ids),
+                                  attention_mask=additive)
         if self.inner.task == "classification":
             return output.logits
         return mean_pool(output.last_hidden_state, attention_mask)
@@ -242,6 +249,29 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
                 any(sub in attention for sub in block.modules()) for block in module):
             return name, module
     raise SlimlineError(f"{type(model).__name__}: no stack of transformer layers found")
+
+
+def trim_vocabulary(model: TextModel, kept: list[int], unknown: int) -> None:
+    """Keep only the word-embedding rows of the token ids `kept` (sorted, `unknown` among them);
+    every other id reads the row of `unknown`, as a word the tokenizer never knew would. The
+    tokenizer and the graph's inputs stay as they are: the id -> row map is part of the model."""
+    table = model.model.get_input_embeddings()
+    if table is None or not isinstance(table, nn.Embedding) or model.token_map is not None:
+        raise SlimlineError(f"{type(model.model).__name__}: no untrimmed word-embedding table")
+    rows = torch.tensor(kept, dtype=torch.int64)
+    if unknown not in kept or len(set(kept)) != len(kept) or not 0 <= min(kept) <= max(kept) < \
+            table.num_embeddings:
+        raise SlimlineError(f"trim_vocabulary: {len(kept)} kept ids are not distinct ids of the "
+                            f"{table.num_embeddings}-row table including the unknown id {unknown}")
+    token_map = torch.full((table.num_embeddings,), kept.index(unknown), dtype=torch.int64)
+    token_map[rows] = torch.arange(len(kept))
+    padding = int(token_map[table.padding_idx]) if table.padding_idx is not None else None
+    trimmed = nn.Embedding(len(kept), table.embedding_dim, padding_idx=padding,
+                           dtype=table.weight.dtype)
+    with torch.no_grad():
+        trimmed.weight.copy_(table.weight[rows])
+    model.model.set_input_embeddings(trimmed)
+    model.token_map = token_map
 
 
 def keep_encoder_layers(model: nn.Module, indices: list[int]) -> tuple[str, list[int]]:

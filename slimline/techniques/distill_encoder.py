@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,7 @@ from slimline.config.params import DistillParams
 from slimline.data.splits import Split
 from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, encoder_layers, mean_pool
+from slimline.techniques.text_variants import with_variants
 from slimline.training import device as training_device
 from slimline.training.loop import fit, seed_everything
 
@@ -151,7 +153,7 @@ def _tensors(entry):
 def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], config,
                               cache: TeacherCache, relation_heads: int = 1):
     """loss_fn(model, inputs, labels) for the training loop (labels unused): see the module
-    docstring. `config` has hidden_weight and attention_weight (DistillParams, LossWeights)."""
+    docstring. `config` has the loss weights (DistillParams, LossWeights)."""
     teacher_capture = _Capture(teacher) if config.attention_weight else None
     student_capture: dict[int, _Capture] = {}
     wanted = sorted(set(mapping.values()))
@@ -244,6 +246,11 @@ def distill_encoder(student: TextModel, teacher: TextModel, train: Split, config
         f"hidden-state MSE (student -> teacher hidden states {mapping}) + "
         f"{config.attention_weight:g} x last-layer attention relations; word embeddings "
         f"{'frozen' if config.freeze_embeddings else 'trained'}")
+    if config.text_variants:
+        inputs = with_variants(train.inputs, config.text_variants, seed)
+        train = Split(inputs, np.zeros(len(inputs["input_ids"]), np.int64))
+        log(f"distill (encoder): {len(train):,} training texts: each text and "
+            f"{config.text_variants} edited variants of it (distill.text_variants)")
     embeddings = student.model.get_input_embeddings()
     frozen = config.freeze_embeddings and embeddings is not None
     if frozen:

@@ -1,6 +1,7 @@
 """A sentence encoder through `target: encoder` (profiles/encoder.yaml), end to end with dvc
 repro: a tiny BERT encoder (no task head) and unlabelled texts, as a user hands them over. The
-student keeps the first and last two layers and is distilled on embeddings and hidden states;
+student keeps the first and last two layers, its vocabulary is trimmed to the training texts'
+tokens, and it is distilled on embeddings and hidden states (and variants of the texts);
 quantize fuses the graph and quantizes the embedding table too; evaluate judges embeddings by
 nn@1, cosine and Spearman and does not re-time the disabled stages' copies."""
 import json
@@ -16,6 +17,7 @@ from tests.conftest import make_project, reduced_params, run
 from tests.helpers.text import save_tiny_bert, sentences, write_jsonl
 
 pytestmark = pytest.mark.slow
+UNUSED_WORDS = ["zebra quartz violin", "glacier harbour lantern"]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,14 @@ def encoder_line(tmp_path_factory):
               "text": {"label_column": None, "max_length": 16},
               "val_size": 60, "test_size": 120, "calibration_size": 32},
         model={"source": "huggingface", "path": "user_model"},
+        distill={"trim_vocabulary": True},
         quantize={"latency_runs": 40, "latency_rounds": 4},
     )
     project = make_project(folder / "project", params)
     write_jsonl(rows, project / "texts.jsonl")
-    save_tiny_bert(project / "user_model", [row["text"] for row in rows], task="embedding",
-                   layers=4, hidden=32, heads=4)
+    # The tokenizer knows words the texts never use: the trimmed vocabulary drops them.
+    save_tiny_bert(project / "user_model", [row["text"] for row in rows] + UNUSED_WORDS,
+                   task="embedding", layers=4, hidden=32, heads=4)
     run(["dvc", "repro"], project, timeout=1200)
     return project
 
@@ -45,18 +49,23 @@ def metrics(project, stage):
 def test_the_student_keeps_the_first_and_last_two_layers_and_learned_from_the_teacher(
         encoder_line):
     model, recipe = load_model(encoder_line / "models" / "distilled")
-    assert recipe.edits[-1] == {"op": "keep_layers", "module": "model.encoder.layer",
+    assert recipe.edits[-2] == {"op": "keep_layers", "module": "model.encoder.layer",
                                 "indices": [0, 2, 3]}
     assert len(model.model.encoder.layer) == 3
     distill = metrics(encoder_line, "distill")
+    assert recipe.edits[-1]["op"] == "trim_vocabulary"
+    rows = model.model.get_input_embeddings().num_embeddings
+    assert rows == distill["vocabulary_rows"] <= distill["vocabulary_rows_before"] - 6
     # The tiny random encoder's layers are near identity: the student starts at cosine 0.9999,
     # so the fidelity has no room to rise; the distillation loss must fall, the fidelity stay.
     assert distill["distilled_val_top1"] > 0.99
     log = (encoder_line / "logs" / "distill.log").read_text()
     losses = [float(line.rsplit(" ", 1)[1]) for line in log.splitlines()
               if "distill: epoch " in line and "mean loss" in line]
-    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert len(losses) == 4 and losses[-1] < losses[0]
     assert "hidden-state MSE" in log and "{1: 2, 2: 3, 3: 4}" in log and "step " in log
+    assert "each text and 8 edited variants of it" in log
+    assert "vocabulary trimmed to the" in log
     assert distill["lineage.training_device"] == "cpu"
 
 

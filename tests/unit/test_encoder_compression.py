@@ -164,6 +164,20 @@ def test_attention_relations_compare_different_head_counts():
     assert float(attention_relation_loss(student, teacher, 4, mask)) > 0
 
 
+def test_text_variants_give_the_teacher_more_texts_to_embed(encoder_dir, inputs):
+    teacher, _, _ = load_pretrained(encoder_dir)
+    student = copy.deepcopy(teacher)
+    kept = keep_encoder_layers(student, [0, -1])[1]
+    config = DistillParams(text_variants=1,
+                           train={"epochs": 1, "batch_size": 16, "learning_rate": 0.003,
+                                  "optimizer": "adamw", "max_shift": 0})
+    lines = []
+    report = distill_encoder(student, teacher, Split(inputs, np.zeros(96, np.int64)), config,
+                             seed=0, kept_layers=kept, log=lines.append)
+    assert report.teacher_runs == 12          # 96 texts and 96 variants, batches of 16
+    assert any("192 training texts" in line for line in lines)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, encoder_dir, inputs):
     model, _, _ = load_pretrained(encoder_dir)
