@@ -248,7 +248,8 @@ class DistillParams(Section):
     attention_weight: float = Field(0.0, ge=0)
     # Embedding models: each training text also gives this many edited variants for the teacher to
     # embed (tokens dropped, cropped, spliced, replaced: slimline/techniques/text_variants.py).
-    text_variants: int = Field(0, ge=0)
+    # At most 32: the variants are held in memory beside the texts.
+    text_variants: int = Field(0, ge=0, le=32)
     # Transformers: keep only the word-embedding rows of the tokens the training texts use; any
     # other token reads the unknown token's row (slimline/techniques/vocabulary.py).
     trim_vocabulary: bool = False

@@ -26,6 +26,8 @@ REFUSED = {
     "source switch": ({"data.source": "npz"}, "data.source is refused: it switches where"),
     "traversing target": ({"target": "../../tmp/evil"}, "target = '../../tmp/evil' is refused"),
     "unknown target": ({"target": "no_such_device"}, "no such profile in profiles/"),
+    # A knob that holds data in memory is bounded: a conf cannot ask for 1,000 copies.
+    "memory": ({"distill.text_variants": 1000}, "distill.text_variants"),
 }
 
 
