@@ -39,8 +39,8 @@ def _edit(body: np.ndarray, other: np.ndarray, corpus_tokens: np.ndarray,
         start = rng.integers(0, len(body) - size + 1)
         return body[start:start + size]
     if kind == 2:
-        return np.concatenate([body[:rng.integers(1, len(body) + 1)],
-                               other[rng.integers(0, len(other) + 1):]])
+        start_kept = rng.integers(1, len(body) + 1) if len(body) else 0
+        return np.concatenate([body[:start_kept], other[rng.integers(0, len(other) + 1):]])
     replaced = body.copy()
     chosen = rng.random(len(body)) < EDITED_SHARE
     replaced[chosen] = corpus_tokens[rng.integers(len(corpus_tokens), size=int(chosen.sum()))]

@@ -14,7 +14,8 @@ def corpus(count=40, width=16, seed=0):
     rng = np.random.default_rng(seed)
     ids, mask = np.zeros((count, width), np.int64), np.zeros((count, width), np.int64)
     for row in range(count):
-        length = rng.integers(3, width + 1)    # some texts are too short for most edits
+        # some texts are too short for most edits, one is empty ([CLS] [SEP] alone)
+        length = 2 if row == 0 else rng.integers(3, width + 1)
         ids[row, :length] = [CLS, *rng.integers(1000, 1100, length - 2), SEP]
         mask[row, :length] = 1
     return {"input_ids": ids, "attention_mask": mask}
