@@ -34,11 +34,16 @@ def corpus_vocabulary(inputs: Inputs, special_ids: list[int], unknown: int | Non
                             "words outside the kept vocabulary to map to")
     if IDS not in inputs or MASK not in inputs:
         raise SlimlineError(f"distill.trim_vocabulary: needs text inputs ({IDS}, {MASK})")
-    used = np.unique(inputs[IDS][inputs[MASK] == 1])
+    used = np.unique(_real_tokens(inputs))
     return Vocabulary(sorted({int(i) for i in used} | set(special_ids) | {unknown}), unknown)
 
 
 def unseen_share(inputs: Inputs, vocabulary: Vocabulary) -> float:
     """The share of the texts' real tokens outside the kept vocabulary."""
-    tokens = inputs[IDS][inputs[MASK] == 1]
+    tokens = _real_tokens(inputs)
     return float(np.mean(~np.isin(tokens, vocabulary.kept))) if len(tokens) else 0.0
+
+
+def _real_tokens(inputs: Inputs) -> np.ndarray:
+    """Every token id of the texts, padding left out."""
+    return inputs[IDS][inputs[MASK] == 1]
