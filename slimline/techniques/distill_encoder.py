@@ -22,8 +22,11 @@ heads still has a target.
 Cost on a 2-core CPU, where a distillation step is most of the line's time: the word-embedding
 table is frozen by default (11.7 M of all-MiniLM-L6-v2's 22.7 M parameters: its AdamW state and
 dense gradients were most of a step), batches are length-bucketed by the training loop, and the
-teacher runs once per batch: its outputs are cached across epochs (keyed by the batch's token
-ids) while they fit in TEACHER_CACHE_BYTES.
+teacher runs once over the whole corpus before training: its targets are kept on disk, fp16 and
+memory-mapped (slimline/techniques/teacher_targets.py), so every epoch, and every candidate
+student of slimline/techniques/student_choice.py, costs only the student's passes. The
+fine-tuning loss after prune and decompose (recovery_loss) caches the reference's outputs per
+batch in memory instead, while they fit in TEACHER_CACHE_BYTES.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from slimline.config.params import DistillParams
 from slimline.data.splits import Split
 from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, encoder_layers, mean_pool
+from slimline.techniques.teacher_targets import TeacherTargets
 from slimline.techniques.text_variants import with_variants
 from slimline.training import device as training_device
 from slimline.training.loop import fit, seed_everything
@@ -151,14 +155,20 @@ def _tensors(entry):
 
 
 def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], config,
-                              cache: TeacherCache, relation_heads: int = 1):
-    """loss_fn(model, inputs, labels) for the training loop (labels unused): see the module
-    docstring. `config` has the loss weights (DistillParams, LossWeights)."""
-    teacher_capture = _Capture(teacher) if config.attention_weight else None
+                              cache: TeacherCache | TeacherTargets, relation_heads: int = 1):
+    """loss_fn(model, inputs, labels) for the training loop: see the module docstring. `config`
+    has the loss weights (DistillParams, LossWeights). With TeacherTargets the labels are the
+    batch's row numbers in the corpus the targets were computed on; with a TeacherCache they
+    are unused and the teacher runs on a batch it has not seen."""
+    teacher_capture = (_Capture(teacher) if config.attention_weight
+                       and not isinstance(cache, TeacherTargets) else None)
     student_capture: dict[int, _Capture] = {}
     wanted = sorted(set(mapping.values()))
 
-    def teacher_targets(inputs):
+    def teacher_targets(inputs, rows):
+        if isinstance(cache, TeacherTargets):   # the split's labels are the corpus row numbers
+            return cache.batch(rows, inputs["attention_mask"].shape[1],
+                               inputs["attention_mask"].device)
         key = TeacherCache.key(inputs)
         entry = cache.get(key)
         if entry is None:
@@ -177,7 +187,7 @@ def encoder_distillation_loss(teacher: TextModel, mapping: dict[int, int], confi
 
     def loss_fn(model, inputs, labels):
         mask = inputs["attention_mask"]
-        pooled_target, hidden_target, parts_target = teacher_targets(inputs)
+        pooled_target, hidden_target, parts_target = teacher_targets(inputs, labels)
         if config.attention_weight and id(model) not in student_capture:
             student_capture[id(model)] = _Capture(model)
         out = model.model(input_ids=inputs["input_ids"], attention_mask=mask,
@@ -211,9 +221,7 @@ def recovery_loss(reference: TextModel, hidden_weight: float = 1.0):
     """The fine-tuning loss after a structural cut of an encoder (prune, decompose): stay close
     to `reference`, the model before the cut (frozen), in the pooled embedding and in every
     layer's hidden states, one to one (the depth is unchanged)."""
-    reference = reference.eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
+    reference = frozen(reference)
     depth = len(encoder_layers(reference)[1])
     return encoder_distillation_loss(reference, layer_map(None, depth, depth),
                                      LossWeights(hidden_weight), TeacherCache())
@@ -224,20 +232,46 @@ class EncoderDistillReport:
     layer_map: dict[int, int]
     loss_history: list[float]
     trainable_parameters: int
-    cached_batches: int
-    teacher_runs: int
+    training_texts: int
+    teacher_runs: int       # teacher forward passes while its targets were built (none after)
+
+
+def training_corpus(train: Split, config: DistillParams, seed: int, log=print) -> dict:
+    """The texts the student learns from: the training split's, and with distill.text_variants
+    edited variants of each for the teacher to embed too."""
+    if "input_ids" not in train.inputs or "attention_mask" not in train.inputs:
+        raise SlimlineError("encoder distillation needs text inputs (input_ids, attention_mask)")
+    if not config.text_variants:
+        return train.inputs
+    inputs = with_variants(train.inputs, config.text_variants, seed)
+    log(f"distill (encoder): {len(inputs['input_ids']):,} training texts: each text and "
+        f"{config.text_variants} edited variants of it (distill.text_variants)")
+    return inputs
+
+
+def teacher_targets(teacher: TextModel, corpus: dict, config: DistillParams,
+                    mappings: list[dict[int, int]], log=print) -> TeacherTargets:
+    """The teacher's targets on `corpus`, once for every student whose layer map is in
+    `mappings` (the union of the hidden states they are matched to)."""
+    states = sorted({index for mapping in mappings for index in mapping.values()}) \
+        if config.hidden_weight else []
+    return TeacherTargets(frozen(teacher), corpus, states,
+                          attention=bool(config.attention_weight), log=log)
+
+
+def frozen(model: TextModel) -> TextModel:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
 
 
 def distill_encoder(student: TextModel, teacher: TextModel, train: Split, config: DistillParams,
                     *, seed: int, kept_layers: list[int] | None = None,
-                    log=print) -> EncoderDistillReport:
-    """Train `student` (in place) to embed `train`'s texts as `teacher` does (labels unused)."""
-    if "input_ids" not in train.inputs or "attention_mask" not in train.inputs:
-        raise SlimlineError("encoder distillation needs text inputs (input_ids, attention_mask)")
-    teacher = teacher.eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    training_device.place(teacher)
+                    targets: TeacherTargets | None = None, log=print) -> EncoderDistillReport:
+    """Train `student` (in place) to embed `train`'s texts as `teacher` does (labels unused).
+    `targets`: the teacher's targets already computed on the training corpus (several students
+    share them); else they are computed here and removed afterwards."""
+    teacher = frozen(teacher)
     student_depth = len(encoder_layers(student)[1])
     teacher_depth = len(encoder_layers(teacher)[1])
     mapping = layer_map(kept_layers, student_depth, teacher_depth)
@@ -246,28 +280,30 @@ def distill_encoder(student: TextModel, teacher: TextModel, train: Split, config
         f"hidden-state MSE (student -> teacher hidden states {mapping}) + "
         f"{config.attention_weight:g} x last-layer attention relations; word embeddings "
         f"{'frozen' if config.freeze_embeddings else 'trained'}")
-    if config.text_variants:
-        inputs = with_variants(train.inputs, config.text_variants, seed)
-        train = Split(inputs, np.zeros(len(inputs["input_ids"]), np.int64))
-        log(f"distill (encoder): {len(train):,} training texts: each text and "
-            f"{config.text_variants} edited variants of it (distill.text_variants)")
+    own_targets = targets is None
+    if own_targets:
+        targets = teacher_targets(teacher, training_corpus(train, config, seed, log), config,
+                                  [mapping], log)
     embeddings = student.model.get_input_embeddings()
-    frozen = config.freeze_embeddings and embeddings is not None
-    if frozen:
+    frozen_table = config.freeze_embeddings and embeddings is not None
+    if frozen_table:
         embeddings.weight.requires_grad_(False)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    cache = TeacherCache()
-    loss_fn = encoder_distillation_loss(teacher, mapping, config, cache, relation_heads)
+    loss_fn = encoder_distillation_loss(teacher, mapping, config, targets, relation_heads)
+    count = len(targets.inputs["input_ids"])
+    # The labels are the row numbers: the loss reads each text's teacher targets by its row.
+    corpus = Split(targets.inputs, np.arange(count, dtype=np.int64))
     seed_everything(seed)
     try:
-        history = fit(student, train, config.train, seed=seed, loss_fn=loss_fn,
+        history = fit(student, corpus, config.train, seed=seed, loss_fn=loss_fn,
                       description="distill", log=log)
     finally:
         loss_fn.release()
-        if frozen:
+        if frozen_table:
             embeddings.weight.requires_grad_(True)
-        teacher.to("cpu")
-    log(f"distill (encoder): {trainable:,} trainable parameters; teacher ran on {cache.misses} "
-        f"batches, {cache.hits} served from its cache ({len(cache.entries)} batches, "
-        f"{cache.used / 1e6:.0f} MB)")
-    return EncoderDistillReport(mapping, history, trainable, len(cache.entries), cache.misses)
+        if own_targets:
+            targets.remove()
+    log(f"distill (encoder): {trainable:,} trainable parameters, {count:,} training texts; the "
+        f"teacher ran {targets.teacher_batches} batches to build its targets and none in the "
+        f"{config.train.epochs} epochs")
+    return EncoderDistillReport(mapping, history, trainable, count, targets.teacher_batches)

@@ -38,6 +38,7 @@ from slimline.techniques.distill_encoder import (
 from slimline.techniques.fusion import choose_fusion, fuse_transformer
 from slimline.techniques.lowrank import factorize
 from slimline.techniques.quantize import Int8Target, quantize_model
+from slimline.techniques.teacher_targets import TeacherTargets
 from slimline.training import device
 from tests.helpers.text import save_tiny_bert, sentences
 
@@ -146,8 +147,8 @@ def test_the_encoder_distillation_loss_is_zero_for_the_teacher_and_training_lowe
     report = distill_encoder(student, teacher, Split(inputs, np.zeros(len(inputs["input_ids"]),
                                                                       np.int64)),
                              config, seed=0, kept_layers=kept, log=lambda _: None)
-    assert report.layer_map == {1: 2, 2: 3} and report.cached_batches == 6
-    assert report.teacher_runs == 6          # the teacher ran once per batch, not per epoch
+    assert report.layer_map == {1: 2, 2: 3} and report.training_texts == 96
+    assert report.teacher_runs == 2          # its targets: 96 texts in batches of 64, once
     after_fn = encoder_distillation_loss(teacher, mapping, config, TeacherCache(), 4)
     assert float(after_fn(student.eval(), batch, None).detach()) < before
     after_fn.release()
@@ -174,8 +175,46 @@ def test_text_variants_give_the_teacher_more_texts_to_embed(encoder_dir, inputs)
     lines = []
     report = distill_encoder(student, teacher, Split(inputs, np.zeros(96, np.int64)), config,
                              seed=0, kept_layers=kept, log=lines.append)
-    assert report.teacher_runs == 12          # 96 texts and 96 variants, batches of 16
+    assert report.teacher_runs == 3 and report.training_texts == 192   # 96 texts, 96 variants
     assert any("192 training texts" in line for line in lines)
+
+
+def test_the_teacher_runs_only_to_build_its_targets_never_in_the_epochs(encoder_dir, inputs):
+    teacher, _, _ = load_pretrained(encoder_dir)
+    student = copy.deepcopy(teacher)
+    kept = keep_encoder_layers(student, [0, -1])[1]
+    calls = []
+    teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    config = DistillParams(attention_weight=1.0,
+                           train={"epochs": 3, "batch_size": 8, "learning_rate": 0.003,
+                                  "optimizer": "adamw", "max_shift": 0})
+    # 96 texts: 12 training batches of 8 per epoch, more than one batch of targets (64).
+    report = distill_encoder(student, teacher, Split(inputs, np.zeros(96, np.int64)), config,
+                             seed=0, kept_layers=kept, log=lambda _: None)
+    assert len(calls) == report.teacher_runs == 2
+    assert len(report.loss_history) == 3 and report.loss_history[-1] < report.loss_history[0]
+
+
+def test_teacher_targets_on_disk_are_the_teachers_outputs_at_each_texts_length(
+        encoder_dir, inputs, tmp_path):
+    teacher, _, _ = load_pretrained(encoder_dir)
+    targets = TeacherTargets(teacher, inputs, [1, 3], attention=True, folder=tmp_path)
+    folder = targets.folder
+    rows = torch.tensor([5, 70, 2])
+    length = int(inputs["attention_mask"][rows.numpy()].sum(1).max())
+    pooled, hidden, parts = targets.batch(rows, length, "cpu")
+    batch = tensors({name: array[rows.numpy(), :length] for name, array in inputs.items()})
+    with torch.no_grad():
+        out = teacher.model(**batch, output_hidden_states=True)
+    mask = batch["attention_mask"].unsqueeze(-1).bool()
+    torch.testing.assert_close(pooled, teacher(**batch), atol=2e-3, rtol=1e-2)
+    for index in (1, 3):
+        torch.testing.assert_close(hidden[index] * mask, out.hidden_states[index] * mask,
+                                   atol=2e-2, rtol=1e-2)
+    assert set(parts) == {"query", "key", "value"} and targets.teacher_batches == 2
+    assert (hidden[1][~mask.squeeze(-1)] == 0).all()   # padding positions are zeros
+    targets.remove()
+    assert not folder.exists()
 
 
 @pytest.fixture(scope="module")
