@@ -8,6 +8,8 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
+
 from slimline.artifact.store import load_model, write_artifact
 from slimline.artifact.student import TRANSFORMER, build_student, trim_student_vocabulary
 from slimline.data.splits import load_splits
@@ -48,6 +50,102 @@ def trim_to_training_texts(student, teacher, splits, data, score, log) -> dict:
             "val_unseen_token_share": round(unseen, 4), "teacher_trimmed_val_top1": alone}
 
 
+def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log):
+    """distill.student_budget: (the chosen distilled Student, its metrics); see
+    slimline/techniques/student_choice.py."""
+    from slimline.artifact.onnx_export import export_onnx
+    from slimline.artifact.recipe import ONNX
+    from slimline.techniques.distill_encoder import (
+        distill_encoder,
+        layer_map,
+        teacher_targets,
+        training_corpus,
+    )
+    from slimline.techniques.student_choice import (
+        Candidate,
+        eliminate_layers,
+        int8_speedups,
+        pick,
+    )
+
+    config, budget = params.distill, params.distill.student_budget
+    if teacher_recipe.architecture != TRANSFORMER or not task_of(teacher_recipe).is_embedding:
+        raise SlimlineError("distill.student_budget is for transformer encoders (an embedding "
+                            "model from model.source huggingface)")
+    if config.student_layers is not None:
+        raise SlimlineError("distill.student_layers and distill.student_budget both set: the "
+                            "budget chooses the layers; set student_layers to null")
+    base = build_student(args.input, teacher_recipe, config, seed=params.seed)
+    chosen = eliminate_layers(base.model, budget.depths, lambda model: score(model, splits["val"]))
+    if not chosen:
+        raise SlimlineError(f"distill.student_budget.depths = {budget.depths}: the input model "
+                            "has no fewer layers to keep")
+    students = {depth: build_student(args.input, teacher_recipe,
+                                     config.model_copy(update={"student_layers": layers}),
+                                     seed=params.seed)
+                for depth, (layers, _) in sorted(chosen.items())}
+    candidates = {depth: Candidate(depth, layers, initial)
+                  for depth, (layers, initial) in chosen.items()}
+    for depth, candidate in sorted(candidates.items()):
+        log.info("candidate: %d layers %s (backward elimination), val cosine %.4f before "
+                 "distillation", depth, candidate.layers, candidate.initial_fidelity)
+    val = splits["val"]
+    longest = int(val.inputs["attention_mask"].sum(1).argmax())
+    example = {name: array[longest:longest + 1] for name, array in val.inputs.items()}
+    example["attention_mask"] = np.ones_like(example["attention_mask"])   # 1 x max_length real
+
+    def export(model, path):
+        export_onnx(model, to_tensors(example), path, axes=base.recipe.axes,
+                    output_name=base.recipe.output_name)
+
+    speedups = int8_speedups({depth: student.model for depth, student in students.items()},
+                             args.teacher / ONNX, example, export, log=log.info)
+    for depth, speedup in speedups.items():
+        candidates[depth].speedup = speedup
+    fast = sorted((depth for depth in candidates if speedups[depth] >= budget.min_speedup),
+                  key=lambda depth: -speedups[depth])
+    teacher_depth = teacher.model.config.num_hidden_layers
+    targets = teacher_targets(
+        teacher, training_corpus(splits["train"], config, params.seed, log.info), config,
+        [layer_map(students[depth].kept_layers, depth, teacher_depth) for depth in fast],
+        log.info) if fast else None
+    try:
+        for depth in fast:
+            student = students[depth]
+            log.info("distilling the %d-layer candidate %s", depth, candidates[depth].layers)
+            distill_encoder(student.model, teacher, splits["train"], config, seed=params.seed,
+                            kept_layers=student.kept_layers, targets=targets, log=log.info)
+            candidates[depth].fidelity = score(student.model, val)
+            log.info("candidate %d layers: val cosine %.4f after distillation (budget %g)",
+                     depth, candidates[depth].fidelity, budget.min_fidelity)
+            if candidates[depth].fidelity >= budget.min_fidelity and not budget.train_all:
+                break
+    finally:
+        if targets is not None:
+            targets.remove()
+    best, why = pick(list(candidates.values()), budget.min_speedup, budget.min_fidelity)
+    (log.info if best.fidelity >= budget.min_fidelity else log.warning)("%s", why)
+    log.info("candidates (speed-up: dynamic int8 vs fp32 teacher, batch 1; cosine on val):\n%s",
+             candidate_table(candidates.values()))
+    metrics = {"student_depth": best.depth,
+               "student_met_fidelity": best.fidelity >= budget.min_fidelity}
+    for candidate in candidates.values():
+        for key, value in candidate.row().items():
+            if key != "layers" and value is not None:
+                metrics[f"candidate_{candidate.depth}_layers.{key}"] = value
+    return students[best.depth], metrics
+
+
+def candidate_table(candidates) -> str:
+    lines = ["| depth | layers | cosine before | speed-up | cosine after |",
+             "|---|---|---|---|---|"]
+    for c in sorted(candidates, key=lambda c: c.depth):
+        lines.append(f"| {c.depth} | {c.layers} | {c.initial_fidelity:.4f} | "
+                     f"{c.speedup:.2f}x | "
+                     f"{'not trained' if c.fidelity is None else f'{c.fidelity:.4f}'} |")
+    return "\n".join(lines)
+
+
 def main(args, params, log):
     config = params.distill
     if passes_through("distill", config.enabled, args, log):
@@ -55,6 +153,9 @@ def main(args, params, log):
     splits = load_splits(args.data, ("train", "val", "test"), params.model.num_classes)
     configure_from(params.training, log.info)
     teacher, teacher_recipe = load_model(args.teacher)
+    if config.student_budget is not None:
+        budget_main(args, params, teacher, teacher_recipe, splits, log)
+        return
     student = build_student(args.input, teacher_recipe, config, seed=params.seed)
     log.info("student: %s", student.description)
     # An embedding model is scored by the cosine of its embeddings to the teacher's (teacher: 1).
@@ -124,6 +225,33 @@ def main(args, params, log):
     log.info("distilled artifact written to %s; torch/ONNX parity: max |logit diff| = %.2e",
              args.output, difference)
     metrics["onnx_parity_max_abs_diff"] = difference
+    write_metrics(args.metrics, metrics)
+
+
+def budget_main(args, params, teacher, teacher_recipe, splits, log):
+    """distill with distill.student_budget: the chosen student written as the stage's model."""
+    if params.distill.trim_vocabulary:
+        raise SlimlineError("distill.trim_vocabulary with distill.student_budget is not "
+                            "supported: trim the vocabulary with student_layers")
+    score = task_of(teacher_recipe).score(teacher)
+    started = time.perf_counter()
+    student, metrics = student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
+    seconds = time.perf_counter() - started
+    metrics.update({
+        "enabled": 1,
+        "teacher_val_top1": score(teacher, splits["val"]),
+        "distilled_val_top1": score(student.model, splits["val"]),
+        "distilled_test_top1": score(student.model, splits["test"]),
+        "student_parameters": parameter_count(student.model),
+        "teacher_parameters": parameter_count(teacher),
+        "train_seconds": round(seconds, 1),
+    })
+    log.info("distilled student (%s): val embedding fidelity %.4f, test %.4f (%.0f s with the "
+             "candidates)", student.description, metrics["distilled_val_top1"],
+             metrics["distilled_test_top1"], seconds)
+    metrics["onnx_parity_max_abs_diff"] = write_artifact(
+        args.output, student.model, student.recipe, splits["val"].head(64),
+        params.distill.parity_tolerance)
     write_metrics(args.metrics, metrics)
 
 

@@ -225,6 +225,18 @@ class DecomposeParams(Section):
     parity_tolerance: float = Field(1e-3, gt=0)
 
 
+class StudentBudget(Section):
+    """Transformers: choose the student's depth and layers by these budgets
+    (slimline/techniques/student_choice.py) instead of distill.student_layers."""
+    depths: list[Annotated[int, Field(ge=1)]] = Field([2, 3, 4], min_length=1)
+    # The candidate as dynamic int8 against the fp32 teacher, batch 1 x max_length, measured here.
+    min_speedup: float = Field(3.0, gt=0)
+    # Val mean cosine of the distilled (fp32) candidate to the teacher.
+    min_fidelity: float = Field(0.97, gt=0, le=1)
+    # Distil every candidate that meets the speed budget, to compare them (costs their time).
+    train_all: bool = False
+
+
 class DistillParams(Section):
     """Knowledge distillation: loss = alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE."""
     enabled: bool = True
@@ -235,6 +247,8 @@ class DistillParams(Section):
     # negative counts from the end: [0, -2, -1] keeps the first and the last two), initialised
     # from them; null keeps every layer.
     student_layers: list[int] | None = Field(None, min_length=1)
+    # Transformers: null, or budgets that choose depth and layers (StudentBudget above).
+    student_budget: StudentBudget | None = None
     temperature: float = Field(4.0, gt=0)          # softens both distributions in the KL term
     alpha: float = Field(0.7, ge=0, le=1)          # weight of the teacher's soft targets
     # Intermediate-feature distillation (learned 1x1 adapters, MSE on pooled-stage features);

@@ -5,6 +5,7 @@ tokens, and it is distilled on embeddings and hidden states (and variants of the
 quantize fuses the graph and quantizes the embedding table too; evaluate judges embeddings by
 nn@1, cosine and Spearman and does not re-time the disabled stages' copies."""
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -94,3 +95,50 @@ def test_evaluate_judges_embeddings_and_does_not_time_copies_twice(encoder_line)
     assert evaluate["pruned.latency_p50_ms"] == evaluate["teacher.latency_p50_ms"]
     report = (encoder_line / "reports" / "report.md").read_text()
     assert "texts/s" in report and "nn@1 agreement" in report and "img/s" not in report
+
+
+def run_distill_with_budget(project, name, budget):
+    """The distill stage on the line's prepared texts with distill.student_budget (the encoder
+    profile's recipe, no target: the profile fixes student_layers)."""
+    import yaml
+
+    from slimline.config.profiles import load_profile
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    recipe = load_profile(project / "profiles", "encoder").recipe
+    params["target"] = None
+    params["distill"] = {**params["distill"], **recipe["distill"], "student_layers": None,
+                         "trim_vocabulary": False, "text_variants": 0, "student_budget": budget}
+    params["distill"]["train"] = {**recipe["distill"]["train"], "epochs": 2}
+    (project / f"{name}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run([sys.executable, "-m", "stages.distill", "--params", f"{name}.yaml",
+                  "--input", "models/decomposed", "--teacher", "models/teacher",
+                  "--data", "data/prepared", "--output", f"{name}/model",
+                  "--metrics", f"{name}/distill.json", "--log", f"{name}/distill.log"],
+                 project, check=False)
+    return result, project / name
+
+
+def test_the_student_is_chosen_by_the_budgets_shallowest_first(encoder_line):
+    # The tiny encoder's layers are near identity: every depth keeps cosine > 0.99.
+    result, out = run_distill_with_budget(encoder_line, "budget_met",
+                                          {"depths": [2, 3], "min_speedup": 0.01,
+                                           "min_fidelity": 0.99})
+    assert result.returncode == 0, result.stderr[-2000:]
+    chosen = json.loads((out / "distill.json").read_text())
+    assert chosen["student_depth"] == 2 and chosen["student_met_fidelity"]
+    assert "candidate_3_layers.fidelity" not in chosen          # no deeper student trained
+    assert chosen["candidate_3_layers.speedup"] > 0 and chosen["candidate_2_layers.fidelity"] > 0.99
+    model, recipe = load_model(out / "model")
+    assert len(model.model.encoder.layer) == 2 and recipe.edits[-1]["indices"][-1] == 3
+    log = (out / "distill.log").read_text()
+    assert "| depth | layers |" in log and "none in the 2 epochs" in log
+
+    result, out = run_distill_with_budget(encoder_line, "budget_missed",
+                                          {"depths": [2, 3], "min_speedup": 0.01,
+                                           "min_fidelity": 1.0})
+    assert result.returncode == 0, result.stderr[-2000:]
+    missed = json.loads((out / "distill.json").read_text())
+    assert not missed["student_met_fidelity"] and "candidate_3_layers.fidelity" in missed
+    assert "NO student met distill.student_budget.min_fidelity = 1" in (
+        out / "distill.log").read_text()

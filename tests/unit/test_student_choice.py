@@ -1,0 +1,99 @@
+"""Choosing an encoder student by the budgets (slimline/techniques/student_choice.py): the
+fastest candidate that meets the fidelity budget, else the most faithful fast one; layers by
+backward elimination measured on a tiny BERT; candidates timed as int8 against the teacher."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slimline.artifact.onnx_export import export_onnx
+from slimline.data.text import tokenize
+from slimline.errors import SlimlineError
+from slimline.measure.embedding import embedding_fidelity
+from slimline.models.huggingface import (
+    TEXT_AXES,
+    encoder_layers,
+    keep_encoder_layers,
+    load_pretrained,
+    load_tokenizer,
+)
+from slimline.techniques.student_choice import Candidate, eliminate_layers, int8_speedups, pick
+from slimline.training.loop import predict
+from tests.helpers.text import save_tiny_bert, sentences
+
+
+def candidate(depth, speedup, fidelity):
+    return Candidate(depth, list(range(depth)), 0.5, speedup, fidelity)
+
+
+def test_the_shallower_student_is_kept_when_both_meet_the_budgets():
+    best, why = pick([candidate(3, 5.0, 0.975), candidate(4, 3.8, 0.985)], 3.0, 0.97)
+    assert best.depth == 3 and "fastest that meets both budgets" in why
+
+
+def test_the_deeper_student_is_kept_when_only_it_meets_the_fidelity_budget():
+    best, _ = pick([candidate(3, 5.0, 0.95), candidate(4, 3.8, 0.975)], 3.0, 0.97)
+    assert best.depth == 4
+    # ... and not when it is too slow: then the fast one ships, and the line says none met.
+    best, why = pick([candidate(3, 5.0, 0.95), candidate(4, 2.5, 0.975)], 3.0, 0.97)
+    assert best.depth == 3 and why.startswith("NO student met")
+
+
+def test_untrained_candidates_are_not_chosen_and_no_fast_candidate_is_an_error():
+    best, _ = pick([candidate(2, 7.0, 0.99), candidate(3, 5.0, None)], 3.0, 0.97)
+    assert best.depth == 2
+    with pytest.raises(SlimlineError, match="no candidate depth runs min_speedup = 9x"):
+        pick([candidate(3, 5.0, 0.99)], 9.0, 0.97)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    texts = [row["text"] for row in sentences(64)]
+    folder = save_tiny_bert(tmp_path_factory.mktemp("encoder"), texts, task="embedding",
+                            layers=4, hidden=32, heads=4)
+    model, _, _ = load_pretrained(folder)
+    torch.manual_seed(0)   # far from the near-identity layers of a fresh initialisation
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    return model, tokenize(load_tokenizer(folder), texts, 16)
+
+
+def test_backward_elimination_keeps_the_last_layer_and_the_best_measured_subsets(encoder):
+    model, inputs = encoder
+    reference = predict(model, inputs)
+
+    def fidelity_of(candidate_model):
+        return embedding_fidelity(reference, predict(candidate_model, inputs))
+
+    chosen = eliminate_layers(model, [2, 3, 9], fidelity_of)
+    assert sorted(chosen) == [2, 3]          # 9 is not fewer than the model's 4 layers
+    three, two = chosen[3][0], chosen[2][0]
+    assert three[-1] == two[-1] == 3 and set(two) < set(three)
+    # The 3-layer choice is the best of the three that keep the last layer, as measured.
+    scores = {}
+    for drop in range(3):
+        trial = copy.deepcopy(model)
+        keep_encoder_layers(trial, [i for i in range(4) if i != drop])
+        scores[drop] = fidelity_of(trial)
+    assert chosen[3][1] == pytest.approx(max(scores.values()))
+    assert len(encoder_layers(model)[1]) == 4   # the input model is not cut
+
+
+def test_candidates_are_timed_as_int8_against_the_fp32_teacher(encoder, tmp_path):
+    model, inputs = encoder
+    example = {name: array[:1] for name, array in inputs.items()}
+    example["attention_mask"] = np.ones_like(example["attention_mask"])
+
+    def export(candidate_model, path: Path):
+        export_onnx(candidate_model, {k: torch.from_numpy(v) for k, v in example.items()}, path,
+                    axes=TEXT_AXES, output_name="sentence_embedding")
+
+    export(model, tmp_path / "teacher.onnx")
+    one_layer = copy.deepcopy(model)
+    keep_encoder_layers(one_layer, [3])
+    speedups = int8_speedups({1: one_layer}, tmp_path / "teacher.onnx", example, export,
+                             runs=40, rounds=4, log=lambda _: None)
+    assert list(speedups) == [1] and speedups[1] > 1.0   # a quarter of the layers, in int8
