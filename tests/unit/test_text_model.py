@@ -190,3 +190,17 @@ def test_embedding_outcomes_pair_or_nearest_neighbour_item_by_item():
     pair_labels = np.array([1, 1, 1, 0, 0, 0])
     truth, predicted = embedding_outcomes(teacher, teacher, (first, second, pair_labels))
     assert truth.tolist() == pair_labels.tolist() and predicted.tolist() == pair_labels.tolist()
+
+
+def test_tokenizing_in_chunks_gives_what_one_call_gives(encoder_dir, corpus, monkeypatch):
+    import slimline.data.text as text
+
+    tokenizer = load_tokenizer(encoder_dir)
+    texts = [row["text"] for row in corpus][:50]
+    whole = tokenizer(texts, max_length=12, padding="max_length", truncation=True)
+    monkeypatch.setattr(text, "TOKENIZE_CHUNK", 7)     # 50 texts: 8 chunks, the last short
+    chunked = tokenize(tokenizer, texts, 12)
+    assert chunked["input_ids"].tolist() == whole["input_ids"]
+    assert chunked["attention_mask"].tolist() == whole["attention_mask"]
+    assert text.truncated_count(tokenizer, texts, 4) == sum(
+        len(ids) > 4 for ids in tokenizer(texts)["input_ids"])
