@@ -55,7 +55,7 @@ def main(args, params, log):
     checks = check_budgets(settings.gate, shipped["paired"], shipped["latency_p50_ms"],
                            shipped["size_mb"], shipped["throughput"], judged=task.judged,
                            throughput_unit=task.throughput_unit,
-                           embedding_fidelity=shipped.get("cos_mean"))
+                           embeddings=shipped if task.is_embedding else None)
     gate_passed = all(check.passed for check in checks)
     for check in checks:
         log.info("gate: %-22s limit %g %s, measured %.3f, judged %.3f, margin %+.3f -> %s",

@@ -6,6 +6,10 @@ compressed model places each text where the teacher did, and ranks texts as the 
 * cosine mean / min: of each text's embedding to the teacher's embedding of the same text;
 * nn@1 agreement: each test text's nearest neighbour among the other test texts (cosine) is the
   one the teacher finds (item by item, so two models compare like top-1 correctness);
+* recall@10: of each test text's 10 nearest other test texts under the teacher, the share that
+  are among its 10 nearest under the model (retrieval agreement: what search results keep);
+* MRR: the mean of 1 / the rank, under the model, of each text's nearest other text under the
+  teacher (1: always first);
 * Spearman: rank correlation of all pairwise similarities, the model's against the teacher's;
 * with labelled pairs, that similar pairs still score above dissimilar ones (pair accuracy at the
   best cosine threshold, per model, as sentence-embedding benchmarks report it).
@@ -31,9 +35,37 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     """Per row, the index of its most similar other row (cosine)."""
+    return _similarities(embeddings).argmax(1)
+
+
+def _similarities(embeddings: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of rows, a row with itself at -inf (never its own
+    neighbour)."""
     similarities = unit_rows(embeddings) @ unit_rows(embeddings).T
     np.fill_diagonal(similarities, -np.inf)
-    return similarities.argmax(1)
+    return similarities
+
+
+def recall_at_k(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> float:
+    """Mean over texts of |reference's k nearest other texts ∩ candidate's k nearest| / k."""
+    k = min(k, len(reference) - 1)
+    if k < 1:
+        return 1.0
+    wanted = np.argsort(-_similarities(reference), axis=1, kind="stable")[:, :k]
+    found = np.argsort(-_similarities(candidate), axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(wanted, found)]))
+
+
+def mrr_of_nearest(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean reciprocal rank, in the candidate's ranking of the other texts, of each text's
+    nearest other text under the reference."""
+    if len(reference) < 2:
+        return 1.0
+    nearest = nearest_neighbours(reference)
+    similarities = _similarities(candidate)
+    rows = np.arange(len(reference))
+    ranks = 1 + (similarities > similarities[rows, nearest][:, None]).sum(1)
+    return float(np.mean(1.0 / ranks))
 
 
 def nn1_agreement(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -62,6 +94,8 @@ def embedding_quality(reference: np.ndarray, candidate: np.ndarray) -> dict[str,
     cosines = _paired_cosines(reference, candidate)
     return {"cos_mean": float(cosines.mean()), "cos_min": float(cosines.min()),
             "nn1": float(nn1_agreement(reference, candidate).mean()),
+            "recall10": recall_at_k(reference, candidate, 10),
+            "mrr": mrr_of_nearest(reference, candidate),
             "spearman": pair_similarity_spearman(reference, candidate)}
 
 

@@ -34,7 +34,7 @@ METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio",
                "macs", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "speedup",
                "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
                "mean_kl")
-EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "spearman")
+EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "recall10", "mrr", "spearman")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -33,20 +33,28 @@ class BudgetCheck:
 
 def check_budgets(gate, shipped_drop: PairedDifference, latency_ms: float, size_mb: float,
                   throughput: float, *, judged: str = "top-1", throughput_unit: str = "images/s",
-                  embedding_fidelity: float | None = None) -> list[BudgetCheck]:
+                  embeddings: dict | None = None) -> list[BudgetCheck]:
     """`gate` is params.evaluate.gate; drops are in points (100 x fraction) of `judged` (top-1,
-    or an embedding model's nn@1 agreement, the teacher's being 100%)."""
+    or an embedding model's nn@1 agreement, the teacher's being 100%). `embeddings`: an
+    embedding model's quality (cos_mean, recall10: slimline/measure/embedding.py), judged by
+    min_embedding_fidelity and min_recall_at_10 instead of the item-by-item drop, which is
+    judged only where max_nn1_drop is set (nn@1 on a few hundred close texts is brittle: int8
+    of an unchanged MiniLM already loses 15 of its points at cosine 0.993)."""
     drop_points = -100 * shipped_drop.difference
     # The most favourable drop inside the interval (its lower end), or the point estimate.
     judged_drop = -100 * shipped_drop.high if gate.rule == "interval" else drop_points
-    checks = [BudgetCheck(f"{judged} drop vs teacher", gate.max_top1_drop, drop_points,
-                          judged_drop, False, "points")]
+    drop_budget = gate.max_top1_drop if embeddings is None else gate.max_nn1_drop
+    checks = [] if drop_budget is None else [
+        BudgetCheck(f"{judged} drop vs teacher", drop_budget, drop_points, judged_drop, False,
+                    "points")]
     optional = [("batch-1 latency p50", gate.max_latency_ms, latency_ms, False, "ms"),
                 ("ONNX file size", gate.max_size_mb, size_mb, False, "MB"),
                 ("batch throughput", gate.min_throughput, throughput, True, throughput_unit)]
-    if embedding_fidelity is not None:
-        optional.append(("embedding fidelity", gate.min_embedding_fidelity, embedding_fidelity,
-                         True, "mean cosine"))
+    if embeddings is not None:
+        optional += [("embedding fidelity", gate.min_embedding_fidelity, embeddings["cos_mean"],
+                      True, "mean cosine"),
+                     ("retrieval recall@10", gate.min_recall_at_10, embeddings["recall10"],
+                      True, "share")]
     checks += [BudgetCheck(name, budget, value, value, higher, unit)
                for name, budget, value, higher, unit in optional if budget is not None]
     return checks

@@ -44,7 +44,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         "speed-up (round spread)",
         f"{throughput_unit} @{settings['throughput_batch']}",
         "× thr",
-        *(["cosine mean / min", "Spearman"] if embedding else ["agree %", "KL"]),
+        *(["cosine mean / min", "recall@10", "MRR", "Spearman"] if embedding
+          else ["agree %", "KL"]),
     ]
     table = []
     for row in rows:
@@ -65,7 +66,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                 f"{row['speedup']:.2f}× ({row['speedup_low']:.2f}–{row['speedup_high']:.2f})",
                 f"{row['throughput']:.0f}",
                 f"{row['throughput_ratio']:.2f}",
-                *([f"{row['cos_mean']:.4f} / {row['cos_min']:.4f}", f"{row['spearman']:.4f}"]
+                *([f"{row['cos_mean']:.4f} / {row['cos_min']:.4f}", f"{row['recall10']:.3f}",
+                   f"{row['mrr']:.3f}", f"{row['spearman']:.4f}"]
                   if embedding else [f"{100 * row['agreement']:.1f}", f"{row['mean_kl']:.4f}"]),
             ]
         )
@@ -84,8 +86,10 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         *([
             "Embeddings: each test text encoded alone at its own length. nn@1 agreement: the "
             "share of test texts whose nearest other test text is the teacher's; cosine: of each "
-            "text's embedding to the teacher's; Spearman: of all pairwise similarities against "
-            "the teacher's.", ""] if embedding else []),
+            "text's embedding to the teacher's; recall@10: the share of each test text's 10 "
+            "nearest under the teacher that are among its 10 nearest; MRR: the mean of 1 / the "
+            "rank of the teacher's nearest; Spearman: of all pairwise similarities against "
+            "the teacher's. The gate judges mean cosine and recall@10.", ""] if embedding else []),
         *(["Not run or timed again (same ONNX bytes as an earlier model): " + ", ".join(
             f"{row['name']} = {row['same_onnx_as']}" for row in copies) + ".", ""]
           if copies else []),

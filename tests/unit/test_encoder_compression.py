@@ -18,7 +18,7 @@ from slimline.config.params import DistillParams, QuantizeParams
 from slimline.data.splits import Split
 from slimline.data.text import tokenize
 from slimline.errors import SlimlineError
-from slimline.measure.embedding import embedding_quality, nn1_agreement
+from slimline.measure.embedding import embedding_quality, nn1_agreement, recall_at_k
 from slimline.measure.runtime import make_session, onnx_predict, onnx_predict_unpadded
 from slimline.models.huggingface import (
     TEXT_AXES,
@@ -62,8 +62,21 @@ def test_embedding_metrics_on_a_case_worked_out_by_hand():
     # student: 01 30, 23 40, 12 20, 02 50, 13 60, 03 90 (ranks 2, 3, 1, 4, 5, 6):
     # sum d^2 = 6, rho = 1 - 6 * 6 / (6 * 35).
     assert quality["spearman"] == pytest.approx(1 - 36 / 210)
+    # MRR: the teacher's nearest ranks 1st for texts 0 and 3, 2nd for texts 1 and 2.
+    assert quality["mrr"] == pytest.approx(0.75)
+    # recall@k: with k = 1 it is nn@1; each text's 2 nearest are the same set under both; with
+    # 4 texts, k = 10 takes the 3 others: every one.
+    assert recall_at_k(teacher, student, 1) == 0.5 and recall_at_k(teacher, student, 2) == 1.0
+    assert quality["recall10"] == 1.0
+    # Six texts on a line at 0..5: text i's 2 nearest under the teacher are its neighbours;
+    # swapping texts 0 and 5 leaves texts 2 and 3 both, 1 and 4 one of their two, 0 and 5 none.
+    line = np.stack([np.cos(np.radians(10 * np.arange(6))),
+                     np.sin(np.radians(10 * np.arange(6)))], 1)
+    swapped = line[[5, 1, 2, 3, 4, 0]]
+    assert recall_at_k(line, swapped, 2) == pytest.approx((0 + 0.5 + 1 + 1 + 0.5 + 0) / 6)
     assert embedding_quality(teacher, teacher * 3) == pytest.approx(
-        {"cos_mean": 1.0, "cos_min": 1.0, "nn1": 1.0, "spearman": 1.0})
+        {"cos_mean": 1.0, "cos_min": 1.0, "nn1": 1.0, "recall10": 1.0, "mrr": 1.0,
+         "spearman": 1.0})
 
 
 def test_the_training_device_is_cuda_only_when_present_and_cpu_when_forced():

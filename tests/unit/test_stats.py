@@ -72,16 +72,54 @@ def test_latency_size_and_throughput_budgets():
     assert checks["ONNX file size"].passed and checks["batch throughput"].passed
 
 
-def test_an_embedding_model_is_gated_on_nn1_drop_and_mean_cosine():
-    gate = GateParams(max_top1_drop=20.0, min_embedding_fidelity=0.97)
+def embeddings_at_cosine(reference, cosine, seed=0):
+    """`reference`'s rows turned by the angle whose cosine is `cosine`, each in a random
+    direction orthogonal to it: every row's cosine to its reference is exactly `cosine`."""
+    rng = np.random.default_rng(seed)
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    noise = rng.standard_normal(unit.shape)
+    noise -= (noise * unit).sum(1, keepdims=True) * unit
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return cosine * unit + np.sqrt(1 - cosine ** 2) * noise
+
+
+def embedding_checks(cosine, gate=None):
+    from slimline.measure.embedding import embedding_quality
+
+    rng = np.random.default_rng(1)
+    # 500 texts in 50 topics: close neighbours, as real sentences have.
+    teacher = np.repeat(rng.standard_normal((50, 64)), 10, 0) + 0.5 * rng.standard_normal(
+        (500, 64))
+    quality = embedding_quality(teacher, embeddings_at_cosine(teacher, cosine))
+    reference, model = outcomes(500, lost=75, gained=0)     # nn@1 down 15 points, as int8's
+    checks = check_budgets(gate or GateParams(), paired_difference(reference, model), 1.0, 1.0,
+                           1.0, judged="nn@1 agreement", embeddings=quality)
+    return {check.name: check for check in checks}, quality
+
+
+def test_the_default_embedding_gate_passes_cosine_099_and_fails_090():
+    good, quality = embedding_checks(0.99)
+    assert quality["cos_mean"] == pytest.approx(0.99) and quality["recall10"] > 0.8
+    assert list(good) == ["embedding fidelity", "retrieval recall@10"]   # nn@1: not judged
+    assert all(check.passed for check in good.values())
+    bad, quality = embedding_checks(0.90)
+    assert not bad["embedding fidelity"].passed
+    assert bad["embedding fidelity"].margin == pytest.approx(0.90 - 0.97)
+
+
+def test_each_embedding_budget_fails_alone():
+    # recall@10: cosine 0.99 passes the default 0.8, not a budget above what it measured.
+    checks, quality = embedding_checks(0.99, GateParams(min_recall_at_10=0.999))
+    assert checks["embedding fidelity"].passed and not checks["retrieval recall@10"].passed
+    assert checks["retrieval recall@10"].measured == pytest.approx(quality["recall10"])
+    # The nn@1 drop, judged only where a budget is set: 15 points lost fail 10, pass 20.
+    strict, _ = embedding_checks(0.99, GateParams(max_nn1_drop=10.0))
+    loose, _ = embedding_checks(0.99, GateParams(max_nn1_drop=20.0))
+    assert not strict["nn@1 agreement drop vs teacher"].passed
+    assert loose["nn@1 agreement drop vs teacher"].passed
+    # A classifier is judged on top-1 alone: the embedding budgets do not apply.
     reference, model = outcomes(100, 0, 0)
-    checks = {c.name: c for c in check_budgets(gate, paired_difference(reference, model), 1.0,
-                                                1.0, 1.0, judged="nn@1 agreement",
-                                                embedding_fidelity=0.95)}
-    assert checks["nn@1 agreement drop vs teacher"].passed
-    assert not checks["embedding fidelity"].passed
-    assert checks["embedding fidelity"].margin == pytest.approx(-0.02)
-    classifier = check_budgets(gate, paired_difference(reference, model), 1.0, 1.0, 1.0)
+    classifier = check_budgets(GateParams(), paired_difference(reference, model), 1.0, 1.0, 1.0)
     assert [check.name for check in classifier] == ["top-1 drop vs teacher"]
 
 
