@@ -41,13 +41,16 @@ from slimline.config.params import DistillParams
 from slimline.data.splits import Split
 from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, encoder_layers, mean_pool
-from slimline.techniques.teacher_targets import TeacherTargets
+from slimline.techniques.teacher_targets import (
+    ATTENTION_PARTS,
+    TeacherTargets,
+    last_layer_projections,
+)
 from slimline.techniques.text_variants import with_variants
 from slimline.training import device as training_device
 from slimline.training.loop import fit, seed_everything
 
 TEACHER_CACHE_BYTES = 2 * 1024 ** 3
-ATTENTION_PARTS = ("query", "key", "value")
 
 
 def layer_map(kept: list[int] | None, student_layers: int, teacher_layers: int) -> dict[int, int]:
@@ -73,13 +76,8 @@ class _Capture:
     """The outputs of the last layer's query, key and value projections on every forward."""
 
     def __init__(self, model: TextModel):
-        layer = encoder_layers(model)[1][-1]
-        modules = {}
-        for name, module in layer.named_modules():
-            part = name.rsplit(".", 1)[-1]
-            if part in ATTENTION_PARTS and part not in modules:
-                modules[part] = module
-        if set(modules) != set(ATTENTION_PARTS):
+        modules = last_layer_projections(model)
+        if not modules:
             raise SlimlineError("distill.attention_weight: the last layer has no query/key/value "
                                 "projections to compare; set it to 0")
         self.values: dict[str, torch.Tensor] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, encoder_layers, mean_pool
 from slimline.training import device as training_device
 
@@ -32,7 +33,7 @@ BUILD_BATCH = 64          # texts per teacher forward while the targets are buil
 PROGRESS_SECONDS = 30.0
 
 
-def _last_layer_projections(model: TextModel) -> dict[str, torch.nn.Module]:
+def last_layer_projections(model: TextModel) -> dict[str, torch.nn.Module]:
     """The last transformer layer's query, key and value projections (None where it has none)."""
     layer = encoder_layers(model)[1][-1]
     found = {}
@@ -82,7 +83,10 @@ class TeacherTargets:
         teacher = teacher.eval()
         where = training_device.current().device
         training_device.place(teacher)
-        projections = _last_layer_projections(teacher) if self.parts is not None else {}
+        projections = last_layer_projections(teacher) if self.parts is not None else {}
+        if self.parts is not None and not projections:
+            raise SlimlineError("distill.attention_weight: the last layer has no query/key/value "
+                                "projections to compare; set it to 0")
         captured: dict[str, torch.Tensor] = {}
         handles = [module.register_forward_hook(
             lambda module, args, output, part=part: captured.__setitem__(part, output))
