@@ -1,7 +1,10 @@
 """distill: the student learns from the teacher (KD); the same student without the teacher is
 trained alongside on the same seed, so the metrics say what distillation bought, in points.
 The student is built by slimline/artifact/student.py (its vocabulary trimmed to the training texts'
-tokens with distill.trim_vocabulary), trained by slimline/techniques/distill.py."""
+tokens with distill.trim_vocabulary), trained by slimline/techniques/distill.py. With
+distill.student_budget an encoder's depth and layers are chosen by measured speed and fidelity
+(slimline/techniques/student_choice.py); the wiring lives here because the candidates are built
+and exported as artifacts are, which the techniques layer may not import."""
 from __future__ import annotations
 
 import copy
