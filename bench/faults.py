@@ -162,11 +162,13 @@ ROWS = [
         "case",
     ),
     Row(
-        "run conf naming code, a file or a source, or a profile outside profiles/ (untrusted)",
+        "run conf naming code, a file or a source, or a profile outside profiles/, or with a key "
+        "outside the DAG's params (untrusted)",
         (
             "tests/unit/test_overrides.py::test_the_check_refuses_each_class_in_one_line_naming_the_key*",
+            "tests/unit/test_overrides.py::test_a_conf_takes_the_dags_params_only_and_says_where_overrides_go",
             "tests/nightly/test_trigger.py::test_the_dags_setup_task_refuses_every_class_before_any_work",
-            "tests/nightly/test_trigger.py::test_airflow_dags_test_refuses_a_code_naming_conf_before_any_stage",
+            "tests/nightly/test_trigger.py::test_airflow_dags_test_refuses_a_bad_conf_in_one_line_before_the_run_exists",
             "tests/nightly/test_trigger.py::test_nightly_sh_refuses_in_one_line_with_exit_2",
         ),
         "case",

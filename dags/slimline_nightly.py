@@ -3,8 +3,9 @@
     setup_workspace -> prepare -> prune -> decompose -> distill -> quantize -> evaluate -> publish
 
 Wiring only: the tasks come from dvc.yaml (add a stage there and it gets a task), the work is in
-slimline.nightly. Run-time overrides go in dag_run.conf; whoever triggers is not trusted, so they
-may set technique knobs only (slimline/nightly/overrides.py), checked before any work:
+slimline.nightly. Run-time overrides go under "overrides" in dag_run.conf, its only key; whoever
+triggers is not trusted, so they may set technique knobs only (slimline/nightly/overrides.py),
+checked before the run is created (slimline/nightly/policy.py) and again before any work:
 
     airflow dags trigger slimline_nightly --conf '{"overrides": {"prune.keep_ratio": 0.6}}'
 
@@ -20,10 +21,8 @@ from pathlib import Path
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param
 
-from slimline.config.profiles import PROFILES_DIR, available_profiles
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
-from slimline.nightly.overrides import trigger_schema
 from slimline.nightly.pipeline import final_stages, load_pipeline
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -44,8 +43,9 @@ with DAG(
         "max_retry_delay": timedelta(hours=1),
         "on_failure_callback": partial(tasks.record_failure, project=str(config.repo)),
     },
-    params={"overrides": Param({}, **trigger_schema(available_profiles(config.repo / PROFILES_DIR)),
-                               description=(
+    # A plain object: the project's checks refuse a bad key in one line (a schema here would
+    # refuse it first, printing the whole schema).
+    params={"overrides": Param({}, type="object", description=(
         "params.yaml overrides for this run, nested or dotted: technique knobs (numbers, booleans, "
         'choices) and target, e.g. {"prune.keep_ratio": 0.6} or {"prepare": {"train": '
         '{"epochs": 2}}}; keys naming code, files or data sources are refused'))},

@@ -4,7 +4,9 @@
 
 `prepare` is the nightly's own stage task (pulled from the DVC remote when a night already built
 it); `search` runs `python -m stages.search` in the run's workspace through the same runner as the
-nightly stages. Trigger it with the target and its budget; the pick can be written as a profile:
+nightly stages. Trigger it with the target and its budget (the conf takes these params and
+nothing else: a bare override key is refused before the run is created); the pick can be written
+as a profile:
 
     airflow dags trigger slimline_search --conf '{"target": "phone", "minutes": 60,
                                                   "write_profile": "phone_searched"}'
@@ -24,7 +26,6 @@ from airflow.sdk import DAG, Param
 from slimline.config.profiles import PROFILES_DIR, available_profiles
 from slimline.nightly import tasks
 from slimline.nightly.config import NightlyConfig
-from slimline.nightly.overrides import trigger_schema
 
 PROJECT = Path(__file__).resolve().parents[1]
 config = NightlyConfig.from_env(default_repo=PROJECT)
@@ -57,7 +58,7 @@ with DAG(
         ),
         "overrides": Param(
             {},
-            **trigger_schema(targets),
+            type="object",
             description="params.yaml overrides: technique knobs, as in slimline_nightly",
         ),
     },

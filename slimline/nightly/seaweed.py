@@ -34,6 +34,7 @@ from slimline.nightly.storage import S3Settings, check_access
 HOST = "127.0.0.1"  # loopback only: the embedded default is never reachable from the network
 GRPC_OFFSET = 10000  # SeaweedFS serves gRPC on every HTTP port + 10000
 DEFAULT_PORT, DEFAULT_BUCKET = 8333, "slimline"
+PORT_VARIABLE = "SLIMLINE_S3_PORT"  # the S3 port, for the deployment, nightly.sh and `start`
 WRITER_ACTIONS = ["Read", "Write", "List", "Tagging"]
 READER_ACTIONS = ["Read", "List"]
 
@@ -73,6 +74,14 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def check_port(port: int) -> None:
+    """Refuse an S3 port (0: any free one, always fine) that another program holds."""
+    if port and not (_port_is_free(port) and _port_is_free(port + GRPC_OFFSET)):
+        raise SlimlineError(f"seaweedfs: port {port} (or its gRPC twin {port + GRPC_OFFSET}) on "
+                            f"{HOST} is in use; choose another with {PORT_VARIABLE} (0: any free "
+                            "one)")
 
 
 def free_port(taken: set[int], with_grpc: bool = True) -> int:
@@ -209,11 +218,8 @@ def start(folder: Path, port: int = DEFAULT_PORT, bucket: str = DEFAULT_BUCKET,
     if existing is not None:
         return existing
     taken: set[int] = set()
-    if port == 0:
-        port = free_port(taken)
-    elif not (_port_is_free(port) and _port_is_free(port + GRPC_OFFSET)):
-        raise SlimlineError(f"seaweedfs: port {port} (or its gRPC twin {port + GRPC_OFFSET}) on "
-                            f"{HOST} is in use; choose another with --port")
+    check_port(port)
+    port = port or free_port(taken)
     taken |= {port, port + GRPC_OFFSET}
     _write_credentials(folder, port, bucket)
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -276,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("SLIMLINE_S3_PORT", DEFAULT_PORT)),
-        help="S3 port on 127.0.0.1 (0: any free port)",
+        default=int(os.environ.get(PORT_VARIABLE) or DEFAULT_PORT),
+        help=f"S3 port on 127.0.0.1 (0: any free port; default {PORT_VARIABLE} or {DEFAULT_PORT})",
     )
     parser.add_argument("--bucket", default=DEFAULT_BUCKET)
     args = parser.parse_args(argv)

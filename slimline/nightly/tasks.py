@@ -28,7 +28,7 @@ from slimline.nightly.config import NightlyConfig
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
 from slimline.nightly.storage import S3Settings, check_access
-from slimline.nightly.trigger import check_search, params_with_overrides
+from slimline.nightly.trigger import check_conf_keys, check_search, params_with_overrides
 from slimline.nightly.workspace import (
     ensure_workspace,
     remove_old_workspaces,
@@ -93,14 +93,16 @@ def _night(context) -> str:
 
 
 def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
-    """Check the trigger's input (the form's schema can be bypassed through the API), the runner
-    and the storage, then create the run's worktree. `for_search`: the slimline_search DAG's
-    setup."""
+    """Check the trigger's input again (an Airflow without slimline.nightly.policy creates any
+    run), the runner and the storage, then create the run's worktree. `for_search`: the
+    slimline_search DAG's setup."""
     config = _config(project)
     settings = context["params"] or {}
     overrides = settings.get("overrides") or {}
     run_id = context["run_id"]
     try:
+        # The run's params are the DAG's own plus every key of its conf.
+        check_conf_keys(settings, context["dag"].params)
         revision = resolve_revision(config.repo, config.source_ref)
         params = params_with_overrides(config.repo, revision, overrides) if overrides else None
         if for_search:

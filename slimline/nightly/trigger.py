@@ -2,10 +2,12 @@
 
 Whoever triggers a run (the Airflow UI form, the REST API, `airflow dags trigger --conf`,
 scripts/nightly.sh's JSON) is not trusted. Their conf is checked here against the revision the run
-builds: the overrides against the allow-list (slimline/nightly/overrides.py) and the params.yaml
-and profiles/ of that revision; the search DAG's `target` and `write_profile` as bare profile
-names; its numbers as numbers. The DAG's Params carry the same rules as a JSON schema so the
-trigger form shows them, but the API can bypass the form, so setup_workspace calls this again.
+builds: its top-level keys against the DAG's params (`overrides`, and the search DAG's own), the
+overrides against the allow-list (slimline/nightly/overrides.py) and the params.yaml and profiles/
+of that revision; the search DAG's `target` and `write_profile` as bare profile names; its numbers
+as numbers. The cluster policy (slimline/nightly/policy.py) checks the keys and the overrides
+before a run is created (the search DAG's own params are checked there by their Param schemas);
+setup_workspace checks everything again, for an Airflow that has no such policy installed.
 
     python -m slimline.nightly.trigger '{"prune.keep_ratio": 0.3}'   # exit 2, one line if refused
 """
@@ -22,6 +24,17 @@ from slimline.nightly.commands import run_quiet
 from slimline.nightly.overrides import SOURCE, check_target, merge_overrides
 
 PROFILES = "profiles"
+
+
+def check_conf_keys(conf: dict, accepted) -> None:
+    """A conf takes the DAG's params and nothing else: Airflow itself accepts any key, and a bare
+    override key would be ignored, so the default night would run in place of the one asked for."""
+    for key in conf:
+        if key not in accepted:
+            others = [name for name in accepted if name != "overrides"]
+            takes = f"the conf takes {', '.join(others)} and overrides; " if others else ""
+            raise SlimlineError(f"conf key {key!r} is not accepted: {takes}put overrides under "
+                                '{"overrides": {...}}')
 
 
 def revision_profiles(repo: Path, revision: str) -> dict[str, str]:

@@ -5,6 +5,8 @@ evening in order:
 
   up -> the UI's address, the password only in an owner-only file
   a trigger naming code is refused (REST API and `airflow dags trigger`), no run is made
+  a conf key outside "overrides" is refused the same way, in one short line, for both DAGs
+  `up` of a second deployment on a taken S3 port names SLIMLINE_S3_PORT and leaves nothing running
   the schedule fires by itself: the first night is the scheduler's, exactly one run
   a worker is SIGKILLed while that night trains: the task is retried on the other worker, the
     night publishes, the bucket holds nothing half-written
@@ -19,6 +21,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import stat
 import time
 import urllib.parse
@@ -33,6 +36,7 @@ from slimline.nightly.workspace import run_key
 from tests.helpers.deployment import (
     DAG_ID,
     HEARTBEAT_TIMEOUT_SECONDS,
+    airflow_sh,
     deployment_processes,
     still_running,
 )
@@ -104,17 +108,74 @@ def test_up_prints_the_ui_address_and_keeps_the_password_in_an_owner_only_file(d
         assert health[part]["status"] == "healthy", health
 
 
+def _refusal_lines(cli, key: str) -> list[str]:
+    """The lines of a refused `cli dags trigger` that name the refused key."""
+    return [line for line in (cli.stdout + cli.stderr).splitlines() if key in line]
+
+
 def test_a_trigger_naming_code_is_refused_by_the_rest_api_and_the_cli(deployment):
-    """Whoever triggers is not trusted: the DAG's params schema refuses it before a run exists."""
+    """Whoever triggers is not trusted: the cluster policy refuses it before a run exists, in one
+    line (Airflow's own schema refusal printed the whole schema, 40 KB)."""
     api = deployment.api()
     refused = api.post(f"/dags/{DAG_ID}/dagRuns", {
         "logical_date": None, "conf": {"overrides": {"model.factory": "os:system"}}})
     assert refused.status_code == 400, refused.text
+    assert len(refused.content) < 500 and "model.factory is refused" in refused.text, refused.text
     cli = deployment.script("cli", "dags", "trigger", DAG_ID, "--conf",
                             json.dumps({"overrides": {"data.path": "/etc"}}), timeout=300)
     assert cli.returncode != 0
-    assert "data.path" in cli.stdout + cli.stderr
+    assert len(_refusal_lines(cli, "data.path")) == 1, cli.stdout + cli.stderr
+    assert "Traceback" not in cli.stderr
     assert all(run["run_type"] == "scheduled" for run in api.runs())
+
+
+def test_a_conf_key_outside_overrides_is_refused_in_one_short_line_and_no_run_is_made(deployment):
+    """The bare form scripts/nightly.sh takes, sent to Airflow: refused, not ignored (it ran a
+    default night and published it)."""
+    api = deployment.api()
+    before = tags(deployment.project)
+    for conf, key in (({"model.factory": "os:system"}, "model.factory"),
+                      ({"target": "../../etc"}, "target")):
+        refused = api.post(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+        assert refused.status_code == 400, refused.text
+        assert len(refused.content) < 500, refused.text
+        detail = refused.json()["detail"]
+        assert f"conf key '{key}' is not accepted" in detail and '{"overrides": {...}}' in detail
+    cli = deployment.script("cli", "dags", "trigger", DAG_ID, "--conf",
+                            json.dumps({"target": "../../etc"}), timeout=300)
+    assert cli.returncode != 0
+    lines = _refusal_lines(cli, "conf key 'target' is not accepted")
+    assert len(lines) == 1 and '{"overrides": {...}}' in lines[0], cli.stdout + cli.stderr
+    assert "Traceback" not in cli.stderr
+    # slimline_search takes its own params, and overrides only under "overrides"
+    search = api.post("/dags/slimline_search/dagRuns", {"logical_date": None, "conf": {
+        "target": "phone", "prune.keep_ratio": 0.5}})
+    assert search.status_code == 400 and "'prune.keep_ratio' is not accepted" in search.text
+    assert api.get("/dags/slimline_search/dagRuns")["dag_runs"] == []
+    assert all(run["run_type"] == "scheduled" for run in api.runs())
+    assert tags(deployment.project) == before
+
+
+def test_up_on_a_taken_s3_port_names_its_variable_and_leaves_nothing_running(deployment,
+                                                                             tmp_path):
+    """A second deployment beside the first, its S3 port held by another program: refused before
+    anything starts."""
+    folder = tmp_path / "deployment"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**deployment.env, "SLIMLINE_STATE_DIR": str(tmp_path / "state"),
+               "SLIMLINE_AIRFLOW_DIR": str(folder), "SLIMLINE_S3_PORT": str(port)}
+        started = time.monotonic()
+        up = airflow_sh(["up"], env, timeout=300)
+    print(f"\nup on a taken port: {time.monotonic() - started:.0f} s to refuse")
+    assert up.returncode != 0
+    errors = up.stderr.strip().splitlines()
+    assert f"port {port}" in errors[-2] and "choose another with SLIMLINE_S3_PORT" in errors[-2]
+    assert errors[-1] == "deployment: nothing of the deployment runs", up.stderr
+    assert still_running({}, folder) == []
+    assert not (tmp_path / "state" / "seaweedfs" / "data").exists()
 
 
 def test_the_schedule_starts_exactly_one_run_by_itself(deployment, scheduled_run):

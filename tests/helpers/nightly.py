@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimline.nightly import seaweed
+from slimline.nightly import policy, seaweed
 from slimline.nightly.storage import S3Settings
 from slimline.nightly.workspace import run_key
 
@@ -111,7 +111,9 @@ def copy_checkout(target: Path, params: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory, project) -> Path:
+    """An Airflow home with the project's cluster policy, as every deployment of it has."""
     home = tmp_path_factory.mktemp("airflow")
+    policy.install(home)
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(home, project, {}),
                    check=True, capture_output=True, timeout=300)
     return home

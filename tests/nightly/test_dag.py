@@ -105,10 +105,12 @@ def test_a_bad_override_fails_the_run_at_setup_before_any_work(tmp_path):
     workspace."""
     code = r"""
 import sys
+from types import SimpleNamespace
 from airflow.sdk.exceptions import AirflowFailException
 from slimline.nightly import tasks
 try:
     tasks.setup_workspace(project=sys.argv[1], run_id="manual__bad",
+                          dag=SimpleNamespace(params={"overrides": {}}),
                           params={"overrides": {"prepare.train.epochs": "one"}})
 except AirflowFailException as exc:
     print("FAILED:", exc)

@@ -209,10 +209,12 @@ def test_an_undefined_or_wrong_airflow_connection_fails_setup_naming_it(storage,
 
     code = r"""
 import sys
+from types import SimpleNamespace
 from airflow.sdk.exceptions import AirflowFailException
 from slimline.nightly import tasks
 try:
-    tasks.setup_workspace(project=sys.argv[1], run_id="manual__conn", params={"overrides": {}})
+    tasks.setup_workspace(project=sys.argv[1], run_id="manual__conn",
+                          dag=SimpleNamespace(params={"overrides": {}}), params={"overrides": {}})
 except AirflowFailException as exc:
     print("FAILED:", exc)
 """
@@ -243,10 +245,10 @@ def test_a_run_conf_value_of_the_wrong_type_stops_the_run_before_any_stage(proje
     night = run_dag(project, airflow_home, storage.settings(), "2026-03-05T02:00:00",
                     {"evaluate.latency_runs": "fast"})
     assert not succeeded(night)
-    # The DAG's params carry the allowed overrides as a JSON schema: Airflow refuses the run when
-    # it is created (setup_workspace's own check, for the REST API, is tests/nightly/test_dag.py's).
-    assert "Invalid input for param overrides" in night.output
-    assert "evaluate.latency_runs" in night.output and "'fast'" in night.output
+    # The cluster policy refuses the run as it is created, in one line (setup_workspace's own
+    # check, for an Airflow without the policy, is tests/nightly/test_dag.py's).
+    assert ("ParamValidationError: run overrides: evaluate.latency_runs = 'fast' is not allowed"
+            in night.output)
     assert not night.workspace.exists()
     assert not (night.run_dir / "logs" / "prepare.log").exists()
     assert (tags(project), nightly_tip(project)) == before

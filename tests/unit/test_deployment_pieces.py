@@ -1,17 +1,20 @@
 """The local deployment's pieces that need no service (scripts/airflow.sh; the deployment itself
-is tests/deployment): its settings, its owner-only credentials, how it recognises its processes.
+is tests/deployment): its settings, its owner-only credentials, how it recognises its processes,
+what a failed `up` leaves, how `cli` shows a traceback.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 
 import psutil
 import pytest
 
 from slimline.errors import SlimlineError
-from slimline.nightly.deployment import credentials, settings
+from slimline.nightly import seaweed
+from slimline.nightly.deployment import airflow_cli, control, credentials, settings
 from slimline.nightly.deployment.hostname import worker_hostname
 from slimline.nightly.deployment.processes import Processes
 
@@ -85,3 +88,46 @@ def test_a_stage_command_never_sees_the_deployments_database_broker_or_keys(tmp_
     env = LocalRunner().environment(job)
     assert not [key for key in env if key.startswith("AIRFLOW__")]
     assert env["AWS_SECRET_ACCESS_KEY"] == "the job's own"
+
+
+def test_a_failed_command_shows_only_the_final_line_of_its_traceback():
+    traceback = ["Traceback (most recent call last):\n", '  File "cli.py", line 1, in main\n',
+                 "    trigger()\n", "           ^^^^\n",
+                 "airflow.exceptions.ParamValidationError: conf key 'target' is not accepted\n",
+                 "\n", "Failed validating 'type' in schema:\n", "    {'type': 'object'}\n"]
+    for failed, expected in ((True, [traceback[4]]), (False, traceback)):
+        written = []
+        airflow_cli.filter_stderr(["a log line\n", *traceback], written.append,
+                                  lambda failed=failed: failed)
+        assert written == ["a log line\n", *expected]
+
+
+def test_a_taken_s3_port_is_refused_naming_the_variable_that_moves_it():
+    with socket.socket() as holder:
+        holder.bind((seaweed.HOST, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SlimlineError, match=f"port {port} .* choose another with "
+                                                "SLIMLINE_S3_PORT"):
+            seaweed.check_port(port)
+    seaweed.check_port(0)  # any free one
+
+
+def test_a_failed_up_stops_what_it_started_and_names_what_ran_before(tmp_path, monkeypatch):
+    deployment = _deployment(tmp_path)
+    processes = Processes(deployment.folder)
+    sleep = ["sleep", "60"]
+    before = processes.start("worker2", sleep, dict(os.environ))
+
+    def start_then_fail(deployment):
+        processes.start("worker1", sleep, dict(os.environ))
+        raise SlimlineError("worker1 exited while starting")
+
+    monkeypatch.setattr(control, "_start_missing", start_then_fail)
+    with pytest.raises(SlimlineError):
+        control.up(deployment)
+    assert processes.running("worker1") is None and processes.running("worker2") == before
+    assert control.after_failed_up(deployment) == (
+        "still running, as before this up: worker2 (`bash scripts/airflow.sh down` stops them)")
+    processes.stop("worker2", grace=5)
+    assert control.after_failed_up(deployment) == "nothing of the deployment runs"

@@ -1,7 +1,7 @@
 """A run's trigger input is an allow-list of technique knobs: a conf that names code, a file, a
-data source or a profile outside profiles/ is refused in one line naming the key (the check
-itself; the doors that call it are tests/nightly/test_trigger.py). docs/reliability.md,
-"Threat model"."""
+data source or a profile outside profiles/, or sets a key outside "overrides", is refused in one
+line naming the key (the check itself; the doors that call it are tests/nightly/test_trigger.py
+and tests/deployment). docs/reliability.md, "Threat model"."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from slimline.errors import SlimlineError
-from slimline.nightly.overrides import merge_overrides, refusals, trigger_schema
+from slimline.nightly import policy
+from slimline.nightly.overrides import merge_overrides, refusals
+from slimline.nightly.policy import check_run_conf
+from slimline.nightly.trigger import check_conf_keys
 from tests.conftest import ROOT
 
 # Each would run `touch <marker>` if it ever reached the code it names.
@@ -66,10 +69,6 @@ def test_every_free_form_string_of_the_schema_is_refused_by_default():
                 "data.source", "model.source", "data.text.text_column", "data.inputs"):
         assert policy[key] is not None, key
     assert policy["prune.keep_ratio"] is None and policy["quantize.scheme"] is None
-    schema = trigger_schema(["phone"], allow=[])
-    assert "model.factory" not in schema["properties"]
-    assert "factory" not in schema["properties"]["model"]["properties"]
-    assert schema["properties"]["target"]["enum"] == ["phone", None]
 
 
 def test_the_deployment_widens_the_list_never_the_conf(monkeypatch):
@@ -78,4 +77,33 @@ def test_the_deployment_widens_the_list_never_the_conf(monkeypatch):
     monkeypatch.setenv("SLIMLINE_OVERRIDES_ALLOW", "data.text.*")
     params = checked({"data.text.text_column": "body"})
     assert params["data"]["text"]["text_column"] == "body"
-    assert "data.text.text_column" in trigger_schema([])["properties"]
+
+
+def test_a_conf_takes_the_dags_params_only_and_says_where_overrides_go():
+    check_conf_keys({"overrides": {"prune.keep_ratio": 0.5}}, ["overrides"])
+    with pytest.raises(SlimlineError) as bare:
+        check_conf_keys({"prune.keep_ratio": 0.5}, ["overrides"])
+    assert str(bare.value) == ("conf key 'prune.keep_ratio' is not accepted: put overrides under "
+                               '{"overrides": {...}}')
+    with pytest.raises(SlimlineError, match="'minute' is not accepted: the conf takes target, "
+                                            "minutes and overrides; put overrides under"):
+        check_conf_keys({"target": "phone", "minute": 5}, ["target", "minutes", "overrides"])
+
+
+def test_the_policy_checks_keys_then_overrides_against_the_committed_revision():
+    nightly = ["overrides"]
+    check_run_conf({}, nightly, ROOT)
+    check_run_conf({"overrides": {"prune.keep_ratio": 0.5}}, nightly, ROOT)
+    with pytest.raises(SlimlineError, match="conf key 'target' is not accepted"):
+        check_run_conf({"target": "../../etc"}, nightly, ROOT)
+    with pytest.raises(SlimlineError, match="run overrides: model.factory is refused"):
+        check_run_conf({"overrides": {"model.factory": "os:system"}}, nightly, ROOT)
+
+
+def test_the_policy_is_installed_once_and_never_over_a_deployments_own_settings(tmp_path):
+    path = policy.install(tmp_path)
+    assert path == tmp_path / "config" / "airflow_local_settings.py"
+    assert policy.install(tmp_path).read_text() == policy.LOCAL_SETTINGS
+    path.write_text("def dag_policy(dag):\n    pass\n")
+    with pytest.raises(SlimlineError, match="exists: add this line to it: from slimline"):
+        policy.install(tmp_path)

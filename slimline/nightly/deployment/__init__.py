@@ -10,4 +10,8 @@ CeleryExecutor with Redis as broker, the scheduler, the dag-processor, the api-s
   broker      a private Redis, loopback only, password required
   components  Airflow's processes: their environment, commands, readiness
   hostname    the hostname_callable that tells workers on one machine apart
+  airflow_cli `cli ...`: an airflow command against it, a traceback cut to its final line
+
+Its AIRFLOW_HOME holds the cluster policy that checks a run's conf before the run is created
+(slimline/nightly/policy.py).
 """

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arguments", nargs=argparse.REMAINDER,
                         help="cli: the airflow command to run against the deployment")
     args = parser.parse_args(argv)
+    deployment = None
     try:
         deployment = settings.from_env(default_repo=Path.cwd())
         if args.action == "up":
@@ -25,12 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "status":
             return 0 if control.status(deployment) else 3
         else:
-            control.run_cli(deployment, args.arguments)
+            return control.run_cli(deployment, args.arguments)
     except SlimlineError as exc:
         print(f"deployment: error: {exc}", file=sys.stderr)
-        if args.action == "up":
-            print("deployment: `bash scripts/airflow.sh down` stops what did start",
-                  file=sys.stderr)
+        if args.action == "up" and deployment is not None:
+            print(f"deployment: {control.after_failed_up(deployment)}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,8 @@
 """up, down and status of the local deployment; `python -m slimline.nightly.deployment` (through
 `bash scripts/airflow.sh`, which installs PostgreSQL and Redis first where they are missing).
 
-`up` starts only what is not running, so it also brings back a worker that died; `down` ends
+`up` starts only what is not running, so it also brings back a worker that died; it checks every
+port it needs before it starts anything, and a failed `up` stops what it started. `down` ends
 every process `up` started (their sessions, then anything still carrying the deployment's marker)
 and nothing else: a SeaweedFS that was already running before `up` is left running.
 """
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from slimline.errors import SlimlineError
-from slimline.nightly import seaweed
-from slimline.nightly.deployment import components, credentials
+from slimline.nightly import policy, seaweed
+from slimline.nightly.deployment import airflow_cli, components, credentials
 from slimline.nightly.deployment.broker import Redis
 from slimline.nightly.deployment.postgres import Postgres
 from slimline.nightly.deployment.processes import MARKER, Processes, end
@@ -48,24 +48,46 @@ def _services(deployment: Deployment) -> tuple[Processes, Postgres, Redis]:
     return processes, Postgres(deployment.folder, processes), Redis(deployment.folder, processes)
 
 
-def _anything_running(deployment: Deployment, processes: Processes) -> bool:
-    return any(processes.running(name)
-               for name in ["postgres", "redis", SEAWEED, *components.names(deployment)])
+def _running_names(deployment: Deployment, processes: Processes) -> list[str]:
+    return [name for name in ["postgres", "redis", SEAWEED, *components.names(deployment)]
+            if processes.running(name)]
+
+
+def _external_storage() -> bool:
+    return bool(os.environ.get("SLIMLINE_S3_BUCKET") or os.environ.get("SLIMLINE_S3_CONN_ID"))
 
 
 def _storage_env(deployment: Deployment, processes: Processes, start: bool) -> dict[str, str]:
     """The S3 settings the components get: the caller's when set (SLIMLINE_S3_BUCKET or an
     Airflow connection), else those of the embedded SeaweedFS, started here if `start`."""
-    if os.environ.get("SLIMLINE_S3_BUCKET") or os.environ.get("SLIMLINE_S3_CONN_ID"):
+    if _external_storage():
         return {key: value for key, value in os.environ.items()
                 if key.startswith(("SLIMLINE_S3_", "AWS_"))}
     server = seaweed.running_server(deployment.seaweed_dir)
     if server is None and start:
-        port = int(os.environ.get("SLIMLINE_S3_PORT") or seaweed.DEFAULT_PORT)
-        server = seaweed.start(deployment.seaweed_dir, port)
+        server = seaweed.start(deployment.seaweed_dir, _seaweed_port())
         processes.record(SEAWEED, server.pid)
         say(f"seaweedfs: S3 at {server.endpoint}, bucket {server.bucket} (pid {server.pid})")
     return seaweed.read_env_file(server.env_file) if server else {}
+
+
+def _seaweed_port() -> int:
+    return int(os.environ.get(seaweed.PORT_VARIABLE) or seaweed.DEFAULT_PORT)
+
+
+def _check_ports(deployment: Deployment, ports: dict[str, int], database: Postgres,
+                 redis: Redis, processes: Processes) -> None:
+    """Every port a component still to start needs, before anything starts: a taken one is named
+    with the variable that moves it."""
+    services = {"postgres": database.pid() is None, "redis": redis.pid() is None,
+                "api": processes.running("api-server") is None}
+    for name, to_start in services.items():
+        if to_start and _port_taken(ports[name]):
+            raise SlimlineError(f"{name}: port {ports[name]} on {HOST} is taken by another "
+                                f"program; choose another with {PORT_VARIABLES[name]} (0: any "
+                                "free one)")
+    if not _external_storage() and seaweed.running_server(deployment.seaweed_dir) is None:
+        seaweed.check_port(_seaweed_port())
 
 
 def _timed(name: str, where: str, action: Callable[[], int | None]) -> None:
@@ -75,20 +97,37 @@ def _timed(name: str, where: str, action: Callable[[], int | None]) -> None:
 
 
 def up(deployment: Deployment) -> None:
+    processes = Processes(deployment.folder)
+    before = _running_names(deployment, processes)
+    try:
+        _start_missing(deployment)
+    except BaseException:  # a refusal, a component that would not start, Ctrl-C
+        _stop(deployment, keep=before)
+        raise
+
+
+def after_failed_up(deployment: Deployment) -> str:
+    """The last line after a failed `up`: what of the deployment still runs, and how to stop it."""
+    left = _running_names(deployment, Processes(deployment.folder))
+    if not left:
+        return "nothing of the deployment runs"
+    return (f"still running, as before this up: {', '.join(left)} "
+            "(`bash scripts/airflow.sh down` stops them)")
+
+
+def _start_missing(deployment: Deployment) -> None:
     started = time.monotonic()
     processes, database, redis = _services(deployment)
     deployment.folder.mkdir(parents=True, exist_ok=True)
     deployment.folder.chmod(0o711)  # PostgreSQL's own user passes through, and lists nothing
     secrets = credentials.ensure(deployment)
-    ports = (saved_ports(deployment) if _anything_running(deployment, processes)
+    ports = (saved_ports(deployment) if _running_names(deployment, processes)
              else choose_ports(deployment))
+    _check_ports(deployment, ports, database, redis, processes)
+    policy.install(deployment.home)
     # Everything started from here carries the marker, the SeaweedFS server below included.
     os.environ[MARKER] = str(deployment.folder)
     base_env = dict(os.environ)
-    for name, service in (("postgres", database), ("redis", redis)):
-        if service.pid() is None and _port_taken(ports[name]):
-            raise SlimlineError(f"{name}: port {ports[name]} on {HOST} is taken by another "
-                                f"program; choose another with {PORT_VARIABLES[name]}")
     _timed("postgres", f"{HOST}:{ports['postgres']}", lambda: database.start(
         ports["postgres"], secrets.keys["postgres_password"], base_env))
     _timed("redis", f"{HOST}:{ports['redis']}", lambda: redis.start(
@@ -103,9 +142,6 @@ def up(deployment: Deployment) -> None:
         if processes.running(name):
             continue
         processes.stop(name, grace=5)  # what a dead component left behind (a worker's task)
-        if name == "api-server" and _port_taken(ports["api"]):
-            raise SlimlineError(f"api-server: port {ports['api']} on {HOST} is taken by another "
-                                f"program; choose another with {PORT_VARIABLES['api']}")
         command, own_env = components.command(deployment, name)
         processes.start(name, command, {**env, **own_env})
         launched[name] = time.monotonic()
@@ -143,26 +179,34 @@ def _print_welcome(deployment: Deployment, ports, passwords_file, seconds: float
     ]), flush=True)
 
 
-def down(deployment: Deployment) -> None:
-    started = time.monotonic()
+def _stop(deployment: Deployment, keep: Collection[str] = ()) -> None:
+    """End what `up` started, but for the processes named in `keep`."""
     processes, database, redis = _services(deployment)
-    names = components.names(deployment)
-    if any(processes.session(name) for name in names):
+    names = [name for name in components.names(deployment) if name not in keep]
+    ending = [name for name in names if processes.session(name)]
+    if ending:
         # All at once: each worker's warm shutdown waits out its running task in parallel.
-        if end(lambda: [pid for name in names for pid in processes.session(name)],
+        if end(lambda: [pid for name in ending for pid in processes.session(name)],
                STOP_GRACE_SECONDS):
             say(f"airflow: still running after {STOP_GRACE_SECONDS} s, killed")
-        say("airflow: stopped " + ", ".join(names))
+        say("airflow: stopped " + ", ".join(ending))
     for name in names:
         (processes.pids_dir / f"{name}.json").unlink(missing_ok=True)
     for name, service in (("redis", redis), ("postgres", database)):
-        pid = service.stop()
+        pid = None if name in keep else service.stop()
         if pid:
             say(f"{name}: stopped (pid {pid})")
-    if processes.running(SEAWEED):
-        seaweed.stop(deployment.seaweed_dir)
-        say("seaweedfs: stopped")
-    (processes.pids_dir / f"{SEAWEED}.json").unlink(missing_ok=True)
+    if SEAWEED not in keep:
+        if processes.running(SEAWEED):
+            seaweed.stop(deployment.seaweed_dir)
+            say("seaweedfs: stopped")
+        (processes.pids_dir / f"{SEAWEED}.json").unlink(missing_ok=True)
+
+
+def down(deployment: Deployment) -> None:
+    started = time.monotonic()
+    processes = Processes(deployment.folder)
+    _stop(deployment)
     # A stage step leads a session of its own; it ends itself when its task dies, this makes sure
     left = processes.marked()
     if left:
@@ -195,13 +239,13 @@ def status(deployment: Deployment) -> bool:
     return all_up
 
 
-def run_cli(deployment: Deployment, arguments: list[str]) -> None:
-    """`airflow <arguments>` against the running deployment (e.g. `dags trigger`)."""
+def run_cli(deployment: Deployment, arguments: list[str]) -> int:
+    """`airflow <arguments>` against the running deployment (e.g. `dags trigger`); its exit
+    status."""
     ports = saved_ports(deployment)
     if ports is None:
         raise SlimlineError("no deployment here yet: bash scripts/airflow.sh up")
     processes = Processes(deployment.folder)
     env = components.environment(deployment, ports, credentials.ensure(deployment),
                                  _storage_env(deployment, processes, start=False))
-    sys.stdout.flush()
-    os.execve(deployment.airflow, [str(deployment.airflow), *arguments], env)
+    return airflow_cli.run([str(deployment.airflow), *arguments], env)

@@ -5,6 +5,7 @@ SLIMLINE_AIRFLOW_DIR                the deployment's folder (default <state>/dep
 SLIMLINE_AIRFLOW_PORT               the api-server (UI and REST API) on 127.0.0.1 (default 8080)
 SLIMLINE_AIRFLOW_PG_PORT            the private PostgreSQL on 127.0.0.1 (default 15432)
 SLIMLINE_AIRFLOW_REDIS_PORT         the private Redis on 127.0.0.1 (default 16379)
+SLIMLINE_S3_PORT                    the embedded SeaweedFS's S3 API on 127.0.0.1 (default 8333)
 SLIMLINE_AIRFLOW_WORKERS            Celery workers, each running one task at a time (default 2)
 SLIMLINE_AIRFLOW_HEARTBEAT_TIMEOUT  seconds without a task's heartbeat before the scheduler counts
                                     it lost (its worker died) and retries it (default 120)
