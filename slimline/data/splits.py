@@ -28,6 +28,9 @@ PAIR_FILES = (
     "pairs_a.npz",
     "pairs_b.npz",
 )  # an embedding model's labelled pairs, beside the splits
+# Beside them when people scored the pairs (STS, e.g. 0-5) instead of labelling them 1/0: one
+# float per pair (the pairs' labels are then zeros and not judged).
+PAIR_SCORES = "pair_scores.npy"
 
 Inputs = dict[str, np.ndarray]
 
@@ -155,6 +158,21 @@ def load_pair_splits(folder: Path) -> tuple[Split, Split] | None:
     if not (folder / PAIR_FILES[0]).is_file():
         return None
     return load_split(folder / PAIR_FILES[0]), load_split(folder / PAIR_FILES[1])
+
+
+def save_pair_scores(scores: np.ndarray, folder: Path) -> None:
+    np.save(Path(folder) / PAIR_SCORES, np.asarray(scores, dtype=np.float64), allow_pickle=False)
+
+
+def load_pair_scores(folder: Path) -> np.ndarray | None:
+    """The human similarity scores of the pairs prepare stored, or None (none, or 1/0 labels)."""
+    path = Path(folder) / PAIR_SCORES
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise SlimlineError(f"{path}: not readable pair scores ({exc})") from None
 
 
 def load_splits(folder: Path, names: tuple[str, ...],

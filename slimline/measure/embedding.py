@@ -14,10 +14,18 @@ compressed model places each text where the teacher did, and ranks texts as the 
 * with labelled pairs, that similar pairs still score above dissimilar ones (pair accuracy at the
   best cosine threshold, per model, as sentence-embedding benchmarks report it).
 
+What the embeddings are for, where the data have labels, measured as MTEB measures it (each model
+on its own, the teacher beside it, on the same texts and folds):
+
+* pairs scored by people (STS): the Spearman of each pair's cosine against its human score;
+* class labels: the accuracy of a logistic-regression probe on the frozen embeddings
+  (cross-validated on stratified folds fixed by a seed) and of cosine k-NN (leave one out).
+
 A text retrieving its own teacher embedding is passed by nearly every model, even a poor one, so
 it is not measured.
 
-numpy only at import: evaluate and quantize use this module without the training stack.
+numpy only at import (the probe imports scipy inside): evaluate and quantize use this module
+without the training stack.
 """
 from __future__ import annotations
 
@@ -77,6 +85,116 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values))
     ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
     return ranks   # float similarities practically never tie; ties get consecutive ranks
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their mean rank (human scores tie often: 0-5 in steps)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    ends = np.concatenate([starts[1:], [len(values)]])
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends - 1) / 2, ends - starts)
+    return ranks
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation (ties at their mean rank); 0 when either side is constant."""
+    first, second = _average_ranks(first), _average_ranks(second)
+    if len(first) < 2 or first.std() == 0 or second.std() == 0:
+        return 0.0
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+def sts_spearman(embeddings_a: np.ndarray, embeddings_b: np.ndarray,
+                 human_scores: np.ndarray) -> float:
+    """Semantic textual similarity as MTEB scores it: the Spearman of each pair's cosine against
+    the similarity people gave the pair (1: the model orders the pairs as people do)."""
+    return spearman(cosine_rows(embeddings_a, embeddings_b), human_scores)
+
+
+def class_folds(labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each item's fold (0..folds-1), stratified (every class spread across the folds) and fixed
+    by `seed`: every model's probe is trained and tested on the same texts."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]
+    fold = np.empty(len(labels), np.int64)
+    fold[order] = np.arange(len(labels)) % folds
+    return fold
+
+
+def _fit_logistic(features: np.ndarray, classes: np.ndarray, count: int,
+                  regularization: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, bias) of multinomial logistic regression, L2 on the weights: sum of the
+    cross-entropy + regularization / 2 x |W|^2 (scikit-learn's C = 1 / regularization)."""
+    from scipy.optimize import minimize
+
+    dims = features.shape[1]
+    onehot = np.eye(count)[classes]
+
+    def loss(flat):
+        weights, bias = flat[:dims * count].reshape(dims, count), flat[dims * count:]
+        logits = features @ weights + bias
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        error = np.exp(log_p) - onehot
+        value = -(onehot * log_p).sum() + 0.5 * regularization * (weights ** 2).sum()
+        gradient = np.concatenate([(features.T @ error + regularization * weights).ravel(),
+                                   error.sum(0)])
+        return value, gradient
+
+    found = minimize(loss, np.zeros(dims * count + count), jac=True, method="L-BFGS-B",
+                     options={"maxiter": iterations})
+    return found.x[:dims * count].reshape(dims, count), found.x[dims * count:]
+
+
+def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
+                   regularization: float = 1.0, iterations: int = 100) -> float:
+    """Accuracy of a logistic-regression probe on the frozen (unit) embeddings, each fold
+    predicted by a probe fitted on the other folds (class_folds: the same for every model);
+    MTEB's classification score (scikit-learn's LogisticRegression, C = 1, 100 iterations)."""
+    names, classes = np.unique(labels, return_inverse=True)
+    features = unit_rows(np.asarray(embeddings, dtype=np.float64))
+    fold = class_folds(classes, folds, seed)
+    correct = 0
+    for held_out in range(folds):
+        test = fold == held_out
+        if not test.any():
+            continue
+        weights, bias = _fit_logistic(features[~test], classes[~test], len(names),
+                                      regularization, iterations)
+        correct += int(((features[test] @ weights + bias).argmax(1) == classes[test]).sum())
+    return correct / len(labels)
+
+
+def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Leave-one-out accuracy of cosine k-NN: each text gets the majority class of its k nearest
+    other texts (a tie goes to the class of the nearer neighbours)."""
+    names, classes = np.unique(labels, return_inverse=True)
+    k = min(k, len(labels) - 1)
+    if k < 1:
+        return 0.0
+    nearest = np.argsort(-_similarities(embeddings), axis=1, kind="stable")[:, :k]
+    # One vote each, plus less than one vote in all for the nearer ones (ties only).
+    weights = 1 + (k - np.arange(k)) / (k * k + 1)
+    votes = np.zeros((len(labels), len(names)))
+    np.add.at(votes, (np.arange(len(labels))[:, None], classes[nearest]), weights)
+    return float((votes.argmax(1) == classes).mean())
+
+
+def task_quality(embeddings: np.ndarray, labels: np.ndarray | None = None,
+                 scored_pairs: tuple | None = None) -> dict[str, float]:
+    """The task scores the labelled data allow: with at least two classes among `labels` (the
+    test texts' classes; a file without labels gives zeros), probe and k-NN accuracy; with
+    `scored_pairs` (embeddings a, embeddings b, human scores), the STS Spearman."""
+    scores = {}
+    if labels is not None and len(np.unique(labels)) >= 2:
+        scores["probe_accuracy"] = probe_accuracy(embeddings, labels)
+        scores["knn_accuracy"] = knn_accuracy(embeddings, labels)
+    if scored_pairs is not None:
+        scores["sts_spearman"] = sts_spearman(*scored_pairs)
+    return scores
 
 
 def pair_similarity_spearman(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -6,8 +6,11 @@ shipped one.
 A classifier is judged by test top-1. An embedding model (a transformer without a task head) is
 judged by its embeddings, each test text encoded alone at its own length (a batch-1 user's
 call; padding changes dynamic int8's results): nn@1 agreement item by item like top-1 (or
-labelled pairs, data.text.pairs), and mean / minimum cosine and the Spearman correlation of
-pairwise similarities against the teacher (slimline/measure/embedding.py).
+labelled pairs, data.text.pairs), and mean / minimum cosine, recall@10, MRR and the Spearman
+correlation of pairwise similarities against the teacher (slimline/measure/embedding.py). Where
+the data allow, also what the embeddings are for, each model on its own as MTEB scores it: with
+class labels on the test texts (at least two classes), probe and k-NN accuracy; with pairs
+scored by people, the STS Spearman.
 
 Artifacts whose model.onnx bytes equal an earlier artifact's (a disabled stage's pass-through)
 are not measured again: they share that artifact's outputs and timing, and the log says so.
@@ -23,7 +26,13 @@ import numpy as np
 from slimline.artifact.recipe import ONNX, Recipe, read_recipe
 from slimline.config.params import EvaluateParams
 from slimline.data.splits import Split
-from slimline.measure.embedding import embedding_fidelity, embedding_outcomes, embedding_quality
+from slimline.errors import SlimlineError
+from slimline.measure.embedding import (
+    embedding_fidelity,
+    embedding_outcomes,
+    embedding_quality,
+    task_quality,
+)
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
 from slimline.measure.runtime import check_feeds, make_session
@@ -35,6 +44,10 @@ METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio",
                "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
                "mean_kl")
 EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "recall10", "mrr", "spearman")
+TASK_KEYS = ("probe_accuracy", "knn_accuracy", "sts_spearman")   # where the data allow them
+TASK_NAMES = {"probe_accuracy": "probe accuracy (logistic regression, 5 folds)",
+              "knn_accuracy": "k-NN accuracy (10 nearest, leave one out)",
+              "sts_spearman": "STS Spearman (cosine vs human scores)"}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -69,24 +82,25 @@ class Evaluation:
             if task.is_embedding:
                 metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
                 metrics.update({f"{row['name']}.{key}": row[key] for key in EMBEDDING_KEYS})
+                metrics.update({f"{row['name']}.{key}": row[key] for key in TASK_KEYS
+                                if key in row})
         return metrics
 
 
-def _judged_outcomes(sessions, outputs, test: Split, pairs, task) -> tuple[dict, str]:
-    """Per model (labels, predictions) of the task it is judged on (see the module docstring)."""
+def _judged_outcomes(outputs, test: Split, pair_outputs, pair_labels, task) -> tuple[dict, str]:
+    """Per model (labels, predictions) of the task it is judged on (see the module docstring);
+    `pair_labels`: the labelled pairs' 1/0, or None (no pairs, or pairs scored by people)."""
     if not task.is_embedding:
         return ({name: (test.labels, values.argmax(1)) for name, values in outputs.items()},
                 "test top-1")
     reference = next(iter(outputs.values()))
-    outcomes = {}
-    for name, session in sessions.items():
-        pair_embeddings = None if pairs is None else (
-            task.predict_onnx(session, pairs[0].inputs),
-            task.predict_onnx(session, pairs[1].inputs), pairs[0].labels)
-        outcomes[name] = embedding_outcomes(reference, outputs[name], pair_embeddings)
+    outcomes = {name: embedding_outcomes(
+        reference, outputs[name], None if pair_labels is None else (*pair_outputs[name],
+                                                                    pair_labels))
+        for name in outputs}
     judged = ("labelled pairs judged similar/dissimilar at each model's best cosine threshold"
-              if pairs else "nn@1 agreement (test texts whose nearest other test text is the "
-              "teacher's)")
+              if pair_labels is not None else "nn@1 agreement (test texts whose nearest other "
+              "test text is the teacher's)")
     return outcomes, judged
 
 
@@ -95,9 +109,13 @@ def onnx_digest(path: Path) -> str:
 
 
 def evaluate_models(models: dict[str, Path], test: Split, task, settings: EvaluateParams, *,
-                    pairs=None, log=print) -> Evaluation:
+                    pairs=None, pair_scores=None, log=print) -> Evaluation:
     """Measure every model artifact (name -> folder) on `test`; `pairs` (side a, side b splits)
-    are an embedding model's labelled pairs, if any."""
+    are an embedding model's labelled pairs, if any, and `pair_scores` their human similarity
+    scores where people scored them (then their labels are not judged)."""
+    if pair_scores is not None and (pairs is None or len(pair_scores) != len(pairs[0])):
+        raise SlimlineError(f"{len(pair_scores)} pair scores for "
+                            f"{0 if pairs is None else len(pairs[0])} pairs")
     recipes: dict[str, Recipe] = {}
     sessions, graphs, outputs = {}, {}, {}
     first_with: dict[str, str] = {}     # ONNX digest -> the first model with those bytes
@@ -117,17 +135,30 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
         sessions[name] = make_session(folder / ONNX, threads=settings.threads)
         check_feeds(sessions[name], test.inputs, str(folder / ONNX))
         outputs[name] = task.predict_onnx(sessions[name], test.inputs)
-    outcomes, judged = _judged_outcomes(sessions, outputs, test, pairs, task)
     names = list(models)
     reference = names[0]
-    quality = {name: embedding_quality(outputs[reference], outputs[name]) for name in names} \
-        if task.is_embedding else {}
+    pair_outputs = {}     # name -> the embeddings of sides a and b of the pairs
+    if pairs is not None and task.is_embedding:
+        for name in names:
+            pair_outputs[name] = pair_outputs[same_as[name]] if name in same_as else tuple(
+                task.predict_onnx(sessions[name], side.inputs) for side in pairs)
+    judged_pair_labels = pairs[0].labels if pair_outputs and pair_scores is None else None
+    outcomes, judged = _judged_outcomes(outputs, test, pair_outputs, judged_pair_labels, task)
+    quality = {}
+    if task.is_embedding:
+        for name in names:
+            scored = (*pair_outputs[name], pair_scores) if (
+                pair_outputs and pair_scores is not None) else None
+            quality[name] = {**embedding_quality(outputs[reference], outputs[name]),
+                             **task_quality(outputs[name], test.labels, scored)}
     for name in names:
         labels, predictions = outcomes[name]
-        fidelity = (
-            ", cosine to the teacher mean {cos_mean:.4f} / min {cos_min:.4f}, pairwise-similarity "
-            "Spearman {spearman:.4f}".format(**quality[name]) if task.is_embedding else ""
-        )
+        fidelity = "" if not task.is_embedding else (
+            ", cosine to the teacher mean {cos_mean:.4f} / min {cos_min:.4f}, recall@10 "
+            "{recall10:.3f}, MRR {mrr:.3f}, pairwise-similarity Spearman {spearman:.4f}".format(
+                **quality[name])
+            + "".join(f", {TASK_NAMES[key]} {quality[name][key]:.4f}" for key in TASK_KEYS
+                      if key in quality[name]))
         log(f"{name:<10} {models[name]}, made by {' -> '.join(recipes[name].history)}: {judged} "
             f"{100 * (predictions == labels).mean():.2f}%{fidelity}")
 

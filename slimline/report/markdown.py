@@ -9,6 +9,17 @@ from slimline.artifact.atomic import atomic_dir, write_json
 from slimline.report.plots import confusion_plot, triangle_plot
 from slimline.report.trend import COMPARISON_FILE
 
+TASK_COLUMNS = (("probe_accuracy", "probe acc %"), ("knn_accuracy", "k-NN acc %"),
+                ("sts_spearman", "STS Spearman"))
+TASK_NOTES = {
+    "probe_accuracy": "Probe: test accuracy of a logistic regression on the frozen embeddings "
+                      "(the test texts' labels, 5 stratified folds fixed by a seed).",
+    "knn_accuracy": "k-NN: the majority class of each test text's 10 nearest other test texts "
+                    "(cosine, leave one out).",
+    "sts_spearman": "STS: the Spearman of each pair's cosine against the similarity people gave "
+                    "it.",
+}
+
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -29,6 +40,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                   f"{100 * settings['max_speedup_spread']:.0f}% (see the spread column).", ""]
     lines += ["## Models", ""]
     embedding = "nn1" in rows[0]
+    # What the embeddings are for, where the data allow it (slimline/measure/embedding.py).
+    tasks = [(key, title) for key, title in TASK_COLUMNS if key in rows[0]]
     copies = [row for row in rows if row.get("same_onnx_as")]
     header = [
         "model",
@@ -46,6 +59,7 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         "× thr",
         *(["cosine mean / min", "recall@10", "MRR", "Spearman"] if embedding
           else ["agree %", "KL"]),
+        *[title for _, title in tasks],
     ]
     table = []
     for row in rows:
@@ -69,6 +83,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                 *([f"{row['cos_mean']:.4f} / {row['cos_min']:.4f}", f"{row['recall10']:.3f}",
                    f"{row['mrr']:.3f}", f"{row['spearman']:.4f}"]
                   if embedding else [f"{100 * row['agreement']:.1f}", f"{row['mean_kl']:.4f}"]),
+                *[f"{100 * row[key]:.1f}" if key.endswith("accuracy") else f"{row[key]:.4f}"
+                  for key, _ in tasks],
             ]
         )
     lines += _table(header, table)
@@ -90,6 +106,9 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
             "nearest under the teacher that are among its 10 nearest; MRR: the mean of 1 / the "
             "rank of the teacher's nearest; Spearman: of all pairwise similarities against "
             "the teacher's. The gate judges mean cosine and recall@10.", ""] if embedding else []),
+        *([" ".join(TASK_NOTES[key] for key, _ in tasks)
+           + " Each model is scored on its own, on the same test texts and folds.", ""]
+          if tasks else []),
         *(["Not run or timed again (same ONNX bytes as an earlier model): " + ", ".join(
             f"{row['name']} = {row['same_onnx_as']}" for row in copies) + ".", ""]
           if copies else []),

@@ -165,3 +165,53 @@ def test_the_student_is_the_input_model_or_a_fresh_narrower_one(tmp_path):
     )
     with pytest.raises(SlimlineError, match="student_layers is for transformers"):
         build_student(tmp_path / "input", recipe, DistillParams(student_layers=[0]), seed=0)
+
+
+def test_an_embedding_model_with_labels_and_scored_pairs_is_scored_on_its_task(tmp_path):
+    """The test texts' classes give each model a probe and a k-NN accuracy, pairs scored by
+    people an STS Spearman, all in the rows, the metrics and the report; without labels and
+    scores, none of them."""
+    from slimline.report.markdown import markdown_report
+
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(3), 40)
+    features = (3 * rng.standard_normal((3, FEATURES)))[classes] + 0.3 * rng.standard_normal(
+        (120, FEATURES))
+    test = Split({"input": features.astype(np.float32)}, classes)
+    pairs = (Split({"input": features[:20].astype(np.float32)}, np.zeros(20, np.int64)),
+             Split({"input": features[20:40].astype(np.float32)}, np.zeros(20, np.int64)))
+    people = np.sum(features[:20] * features[20:40], 1) / np.linalg.norm(
+        features[:20], axis=1) / np.linalg.norm(features[20:40], axis=1)    # the teacher's order
+    linear_artifact(tmp_path / "teacher", np.eye(FEATURES), ["prepare"])
+    # The shipped encoder keeps one of six dimensions: the classes blur.
+    linear_artifact(tmp_path / "shipped", np.eye(FEATURES)[:, :1].repeat(FEATURES, 1),
+                    ["prepare", "quantize"])
+    settings = EvaluateParams(latency_runs=200, warmup_runs=1, rounds=2, throughput_runs=2,
+                              throughput_batch=8)
+    task = Task(EMBEDDING, "texts")
+    models = {"teacher": tmp_path / "teacher", "shipped": tmp_path / "shipped"}
+    lines = []
+    evaluation = evaluate_models(models, test, task, settings, pairs=pairs, pair_scores=people,
+                                 log=lines.append)
+    teacher, shipped = evaluation.rows
+    assert teacher["probe_accuracy"] == 1.0 and teacher["knn_accuracy"] == 1.0
+    assert shipped["probe_accuracy"] < 0.9 and shipped["knn_accuracy"] < 0.9
+    assert teacher["sts_spearman"] == pytest.approx(1.0) and shipped["sts_spearman"] < 0.9
+    # Scored pairs are not judged as 1/0 labels: the item-by-item column stays nn@1.
+    assert "nn@1 agreement" in evaluation.judged
+    metrics = evaluation.metrics(task)
+    assert metrics["shipped.probe_accuracy"] == shipped["probe_accuracy"]
+    assert "teacher.knn_accuracy" in metrics and "shipped.sts_spearman" in metrics
+    assert any("probe accuracy" in line and "shipped" in line for line in lines)
+    report = markdown_report(rows=evaluation.rows, checks=[], gate_rule="interval",
+                             shipped="shipped", detectable=0.01, noisy=[], per_class=[1.0],
+                             lineage={"cpu": {"model": "x", "logical_cores": 2,
+                                              "int8_flags": []}},
+                             settings=settings.model_dump(), throughput_unit="texts/s")
+    assert "probe acc %" in report and "k-NN acc %" in report and "STS Spearman" in report
+    assert "| 100.0 | 100.0 | 1.0000 |" in report       # the teacher's probe, k-NN and STS
+
+    unlabelled = Split(test.inputs, np.zeros(120, np.int64))
+    plain = evaluate_models(models, unlabelled, task, settings, log=lines.append)
+    assert not {"probe_accuracy", "knn_accuracy", "sts_spearman"} & set(plain.rows[0])
+    assert not any(key.endswith("probe_accuracy") for key in plain.metrics(task))

@@ -112,6 +112,18 @@ def test_each_embedding_budget_fails_alone():
     checks, quality = embedding_checks(0.99, GateParams(min_recall_at_10=0.999))
     assert checks["embedding fidelity"].passed and not checks["retrieval recall@10"].passed
     assert checks["retrieval recall@10"].measured == pytest.approx(quality["recall10"])
+    # With the default budgets, a model that keeps cosine 0.98 but not the neighbours: on texts
+    # spread without topics, each text's 10 nearest are barely nearer than the rest, and the
+    # same turn moves most of them out (recall@10 about 0.71).
+    from slimline.measure.embedding import embedding_quality
+
+    spread = np.random.default_rng(1).standard_normal((500, 64))
+    lost = embedding_quality(spread, embeddings_at_cosine(spread, 0.98))
+    reference, model = outcomes(500, 0, 0)
+    checks = {check.name: check for check in check_budgets(
+        GateParams(), paired_difference(reference, model), 1.0, 1.0, 1.0,
+        judged="nn@1 agreement", embeddings=lost)}
+    assert checks["embedding fidelity"].passed and not checks["retrieval recall@10"].passed
     # The nn@1 drop, judged only where a budget is set: 15 points lost fail 10, pass 20.
     strict, _ = embedding_checks(0.99, GateParams(max_nn1_drop=10.0))
     loose, _ = embedding_checks(0.99, GateParams(max_nn1_drop=20.0))
