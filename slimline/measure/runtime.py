@@ -2,6 +2,9 @@
 named inputs are fed to it."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,19 @@ import onnxruntime as ort
 
 from slimline.data.splits import Inputs, Split, as_inputs, batches
 from slimline.errors import SlimlineError
+
+
+@contextlib.contextmanager
+def quiet_ort():
+    """ORT's quantizer prints progress and warnings to stdout/logging; the stage log is enough."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def make_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:

@@ -24,8 +24,6 @@ batch 1 on AVX2, slower than fp32 (0.86-0.94x): size-first only.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import platform
 import tempfile
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from slimline.config.params import QuantizeParams
 from slimline.config.schemes import SCHEMES
 from slimline.data.splits import Inputs, Split, batches
 from slimline.errors import SlimlineError
+from slimline.measure.runtime import quiet_ort
 from slimline.techniques.affine import (
     QuantParams,
     quantization_error,
@@ -117,19 +116,6 @@ class _CalibrationReader:
         self._position = 0
 
 
-@contextlib.contextmanager
-def _quiet_ort():
-    """ORT's quantizer prints progress and warnings to stdout/logging; the stage log is enough."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference + ORT graph optimisation (folds BatchNorm into Conv) before quantizing,
     so QDQ pairs wrap the fused Conv and no fp32 BatchNormalization is left between int8 ops."""
@@ -137,7 +123,7 @@ def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
 
     # chdir: when its symbolic shape inference gives up, ORT leaves scratch files
     # (sym_shape_infer_temp.onnx, <uuid>.data) in the working directory, i.e. the DVC workspace.
-    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort(), \
+    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, quiet_ort(), \
             contextlib.chdir(tmp):
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(model, str(source))
@@ -169,7 +155,7 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: Split, config: Quan
     )
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     reader = _CalibrationReader(calibration.inputs, config.calibration_batch_size)
-    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
+    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, quiet_ort():
         source, output = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
         quantize_static(str(source), str(output), reader, quant_format=QuantFormat.QDQ,
@@ -235,7 +221,7 @@ def quantize_dynamic_int8(model: onnx.ModelProto, config: QuantizeParams, reduce
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = gemm_to_matmul(model)
-    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, _quiet_ort():
+    with tempfile.TemporaryDirectory(prefix="slimline-quant-") as tmp, quiet_ort():
         source, output = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
         quantize_dynamic(str(source), str(output), op_types_to_quantize=list(op_types),
@@ -253,7 +239,7 @@ def quantize_weight_only_4bit(model: onnx.ModelProto, config: QuantizeParams,
     op_types = ("MatMul", "Gather") if embeddings else ("MatMul",)
     quantizer = MatMulNBitsQuantizer(gemm_to_matmul(model), block_size=config.block_size,
                                      is_symmetric=True, op_types_to_quantize=op_types)
-    with _quiet_ort():
+    with quiet_ort():
         quantizer.process()
     return quantizer.model.model
 
