@@ -131,7 +131,9 @@ def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
     log.info("candidates (speed-up: dynamic int8 vs fp32 teacher, batch 1; cosine on val):\n%s",
              candidate_table(candidates.values()))
     metrics = {"student_depth": best.depth,
-               "student_met_fidelity": best.fidelity >= budget.min_fidelity}
+               "student_met_fidelity": best.fidelity >= budget.min_fidelity,
+               "student_budget.min_speedup": budget.min_speedup,
+               "student_budget.min_fidelity": budget.min_fidelity}
     for candidate in candidates.values():
         for key, value in candidate.row().items():
             if key != "layers" and value is not None:

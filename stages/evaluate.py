@@ -12,6 +12,7 @@ from slimline.errors import SlimlineError
 from slimline.measure.evaluation import evaluate_models
 from slimline.measure.lineage import flatten, lineage
 from slimline.measure.stats import smallest_detectable_difference
+from slimline.report.candidates import read_student_choice
 from slimline.report.gate import check_budgets
 from slimline.report.markdown import write_report
 from slimline.report.trend import predictions_record
@@ -28,6 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--metrics", type=Path, required=True, help="output: metrics JSON")
     parser.add_argument("--predictions", type=Path,
                         help="output: the shipped model's test predictions (for night-over-night)")
+    parser.add_argument("--candidates", type=Path,
+                        help="the distill stage's metrics: the student candidates it measured, "
+                             "where distill.student_budget chose the student")
 
 
 def parse_models(specs: list[str]) -> dict[str, Path]:
@@ -71,7 +75,8 @@ def main(args, params, log):
     write_report(args.report, evaluation, checks, gate_rule=settings.gate.rule,
                  num_classes=2 if task.is_embedding else params.model.num_classes,
                  detectable=detectable, lineage=origin, settings=settings.model_dump(),
-                 throughput_unit=task.throughput_unit)
+                 throughput_unit=task.throughput_unit,
+                 choice=read_student_choice(args.candidates) if args.candidates else None)
 
     metrics = {"gate_passed": gate_passed, "noisy_machine": bool(evaluation.noisy),
                "test_items": shipped["items"], "smallest_detectable_diff": detectable,

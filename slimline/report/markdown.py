@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from slimline.artifact.atomic import atomic_dir, write_json
-from slimline.report.plots import confusion_plot, triangle_plot
+from slimline.report.candidates import StudentChoice, choice_lines
+from slimline.report.plots import candidates_plot, confusion_plot, triangle_plot
 from slimline.report.trend import COMPARISON_FILE
 
 TASK_COLUMNS = (("probe_accuracy", "probe acc %"), ("knn_accuracy", "k-NN acc %"),
@@ -29,7 +30,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, detectable: float,
                     noisy: list[str], per_class: list[float], lineage: dict, settings: dict,
-                    throughput_unit: str = "images/s") -> str:
+                    throughput_unit: str = "images/s", choice: StudentChoice | None = None) -> str:
     lines = ["# Slimline report", ""]
     passed = all(check.passed for check in checks)
     lines += [f"**Gate: {'PASSED' if passed else 'FAILED'}** for the shipped model `{shipped}` "
@@ -141,6 +142,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         "`dvc.lock` on the versioning branch.",
         "",
     ]
+    if choice is not None:
+        lines += choice_lines(choice)
     lines += [
         "## Plots",
         "",
@@ -160,9 +163,10 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
 
 def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classes: int,
                  detectable: float, lineage: dict, settings: dict,
-                 throughput_unit: str = "images/s") -> None:
+                 throughput_unit: str = "images/s", choice: StudentChoice | None = None) -> None:
     """The report folder, written atomically: report.md, models.json (the rows DVC plots read),
-    lineage.json, the triangle plot and the shipped model's confusion matrix."""
+    lineage.json, the triangle plot and the shipped model's confusion matrix (and, where
+    distill.student_budget chose the student, its candidates' plot)."""
     shipped = evaluation.shipped["name"]
     confusion = np.zeros((num_classes, num_classes), dtype=int)
     np.add.at(confusion, evaluation.outcomes[shipped], 1)
@@ -177,7 +181,9 @@ def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classe
         confusion_plot(
             confusion, f"{shipped}: confusion matrix (test split)", tmp / "confusion.png"
         )
+        if choice is not None:
+            candidates_plot(choice, tmp / "candidates.png")
         (tmp / "report.md").write_text(markdown_report(
             rows=plain, checks=checks, gate_rule=gate_rule, shipped=shipped, detectable=detectable,
             noisy=evaluation.noisy, per_class=per_class, lineage=lineage, settings=settings,
-            throughput_unit=throughput_unit))
+            throughput_unit=throughput_unit, choice=choice))

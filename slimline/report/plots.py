@@ -70,3 +70,27 @@ def confusion_plot(confusion: np.ndarray, title: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def candidates_plot(choice, path: Path) -> None:
+    """distill.student_budget's candidates: speed-up against val cosine, with the two budgets as
+    lines (slimline/report/candidates.py)."""
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    for row in choice.rows:
+        trained = row["fidelity"] is not None
+        point = (row["speedup"], row["fidelity"] if trained else row["initial_fidelity"])
+        axis.scatter(*point, s=60 if row["depth"] == choice.chosen_depth else 40,
+                     color="C0" if trained else "none", edgecolors="C0")
+        label = f"{row['depth']} layers" + ("" if trained else " (untrained)") + (
+            ", shipped" if row["depth"] == choice.chosen_depth else "")
+        axis.annotate(label, point, textcoords="offset points", xytext=(5, 4), fontsize=9)
+    axis.axvline(choice.min_speedup, color="grey", linestyle="--", linewidth=1)
+    axis.axhline(choice.min_fidelity, color="grey", linestyle="--", linewidth=1)
+    axis.margins(x=0.2, y=0.1)   # room for the labels right of the points
+    axis.set_xlabel("speed-up over the fp32 teacher (int8, batch 1)")
+    axis.set_ylabel("val cosine to the teacher")
+    axis.set_title("Student candidates against the budgets")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -2,6 +2,7 @@
 fastest candidate that meets the fidelity budget, else the most faithful fast one; layers by
 backward elimination measured on a tiny BERT; candidates timed as int8 against the teacher."""
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,30 @@ def test_candidates_are_timed_as_int8_against_the_fp32_teacher(encoder, tmp_path
     speedups = int8_speedups({1: one_layer}, tmp_path / "teacher.onnx", example, export,
                              runs=40, rounds=4, log=lambda _: None)
     assert list(speedups) == [1] and speedups[1] > 1.0   # a quarter of the layers, in int8
+
+
+def test_the_report_shows_every_candidate_against_the_budgets(tmp_path):
+    """The distill stage's flat metrics -> the report's table and plot (shipped depth marked;
+    a candidate never trained says so); a night with a fixed student has no such section."""
+    from slimline.report.candidates import choice_lines, read_student_choice, student_choice
+    from slimline.report.plots import candidates_plot
+
+    metrics = {"student_depth": 3, "student_met_fidelity": True,
+               "student_budget.min_speedup": 3.0, "student_budget.min_fidelity": 0.97,
+               "candidate_3_layers.depth": 3, "candidate_3_layers.initial_fidelity": 0.73,
+               "candidate_3_layers.speedup": 3.6, "candidate_3_layers.fidelity": 0.975,
+               "candidate_4_layers.depth": 4, "candidate_4_layers.initial_fidelity": 0.85,
+               "candidate_4_layers.speedup": 2.6, "distilled_val_top1": 0.975}
+    (tmp_path / "distill.json").write_text(json.dumps(metrics))
+    choice = read_student_choice(tmp_path / "distill.json")
+    assert [row["depth"] for row in choice.rows] == [3, 4] and choice.chosen_depth == 3
+    table = "\n".join(choice_lines(choice))
+    assert "| 3 | 0.7300 | 3.60x | 0.9750 | shipped |" in table
+    assert "| 4 | 0.8500 | 2.60x | not trained |  |" in table
+    assert "min_fidelity 0.97" in table and "3x faster" in table
+    candidates_plot(choice, tmp_path / "candidates.png")
+    assert (tmp_path / "candidates.png").read_bytes()[:4] == b"\x89PNG"
+    assert student_choice({"enabled": 1, "distilled_val_top1": 0.9}) is None
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(SlimlineError, match="broken.json: not the distill stage's metrics"):
+        read_student_choice(tmp_path / "broken.json")

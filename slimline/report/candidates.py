@@ -1,0 +1,59 @@
+"""The student candidates of distill.student_budget in the report: each depth's measured speed-up
+and val cosine against the two budgets, read back from the distill stage's flat metrics (the
+stage that measured them; evaluate only shows them)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimline.errors import SlimlineError
+
+_CANDIDATE_KEY = re.compile(r"^candidate_(\d+)_layers\.(initial_fidelity|speedup|fidelity)$")
+
+
+@dataclass
+class StudentChoice:
+    rows: list[dict]          # per depth: depth, initial_fidelity, speedup, fidelity (or None)
+    chosen_depth: int
+    min_speedup: float
+    min_fidelity: float
+
+
+def student_choice(metrics: dict) -> StudentChoice | None:
+    """The candidates in a distill metrics dict, or None where no budget chose the student."""
+    rows: dict[int, dict] = {}
+    for key, value in metrics.items():
+        match = _CANDIDATE_KEY.match(key)
+        if match:
+            depth = int(match.group(1))
+            rows.setdefault(depth, {"depth": depth, "fidelity": None})[match.group(2)] = value
+    if not rows or "student_depth" not in metrics:
+        return None
+    return StudentChoice([rows[depth] for depth in sorted(rows)], int(metrics["student_depth"]),
+                         metrics["student_budget.min_speedup"],
+                         metrics["student_budget.min_fidelity"])
+
+
+def read_student_choice(path: Path) -> StudentChoice | None:
+    try:
+        return student_choice(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimlineError(f"{path}: not the distill stage's metrics ({exc})") from None
+
+
+def choice_lines(choice: StudentChoice) -> list[str]:
+    """The report's section: one row per candidate depth."""
+    lines = ["## Student candidates", "",
+             f"distill.student_budget chose the student: the fastest depth whose val cosine after "
+             f"distillation meets min_fidelity {choice.min_fidelity:g}, among those at least "
+             f"{choice.min_speedup:g}x faster than the fp32 teacher (each candidate as ONNX "
+             "Runtime's dynamic int8, batch 1, timed by distill on the machine that ran it).", "",
+             "| depth | val cosine before | speed-up | val cosine after | |",
+             "|---|---|---|---|---|"]
+    for row in choice.rows:
+        after = "not trained" if row["fidelity"] is None else f"{row['fidelity']:.4f}"
+        lines.append(f"| {row['depth']} | {row['initial_fidelity']:.4f} | {row['speedup']:.2f}x "
+                     f"| {after} | {'shipped' if row['depth'] == choice.chosen_depth else ''} |")
+    return lines + ["", "![student candidates](candidates.png)", ""]
