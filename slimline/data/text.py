@@ -3,13 +3,16 @@
 Rows have a text column and optionally a label column (names in params). Tokenization is
 declared in params (max_length; every sequence is padded / truncated to it), so the splits are
 fixed-shape int64 arrays `input_ids` and `attention_mask` that the later stages and ONNX
-Runtime read exactly as the model was trained on. A pairs file (text_a, text_b, label 1 =
-similar, 0 = dissimilar) is tokenized the same way for embedding models.
+Runtime read exactly as the model was trained on. The file is streamed: read a row at a
+time and tokenized TOKENIZE_CHUNK rows at a time, so a corpus of 200,000 texts is held only as
+its token arrays. A pairs file (text_a, text_b, label 1 = similar, 0 = dissimilar) is
+tokenized the same way for embedding models.
 """
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +29,10 @@ class TextTable:
     labels: list | None          # raw labels (int or str), or None without a label column
 
 
-def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
-    """(rows, column names); one clear line for a missing, unknown or malformed file."""
+def _iter_rows(path: Path) -> Iterator[tuple[int, dict, list[str]]]:
+    """(row number, row, the file's column names) for each row, read a line at a time: a corpus
+    of 200,000 texts is never held whole. One clear line for a missing, unknown or malformed
+    file. A CSV file's columns are its header; a JSONL file's, its first row's keys."""
     if not path.is_file():
         raise SlimlineError(f"{path}: text data file not found")
     if path.suffix.lower() not in FORMATS:
@@ -35,49 +40,66 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
             f"{path}: text data must be {' or '.join(FORMATS)} (got '{path.suffix}')"
         )
     try:
-        content = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as handle:
+            if path.suffix.lower() == ".csv":
+                reader = csv.DictReader(handle)
+                for number, row in enumerate(reader, 1):
+                    yield number, row, list(reader.fieldnames or [])
+                return
+            columns, number = None, 0
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SlimlineError(f"{path}: line {line_number} is not JSON "
+                                        f"({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise SlimlineError(f"{path}: line {line_number} is not a JSON object")
+                columns = list(row) if columns is None else columns
+                number += 1
+                yield number, row, columns
     except UnicodeDecodeError as exc:
-        raise SlimlineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(content.splitlines())
-        rows = list(reader)
-        return rows, list(reader.fieldnames or [])
-    rows = []
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SlimlineError(f"{path}: line {number} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SlimlineError(f"{path}: line {number} is not a JSON object")
-        rows.append(row)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    return rows, columns
+        raise SlimlineError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def _column(rows: list[dict], columns: list[str], name: str, path: Path, key: str) -> list:
+def _value(row: dict, number: int, columns: list[str], name: str, path: Path, key: str):
     if name not in columns:
         raise SlimlineError(f"{path}: no column '{name}' ({key}); columns are: "
                             f"{', '.join(columns) or 'none'}")
-    missing = next((index for index, row in enumerate(rows) if row.get(name) in (None, "")), None)
-    if missing is not None:
-        raise SlimlineError(f"{path}: row {missing + 1} has no value in column '{name}' ({key})")
-    return [row[name] for row in rows]
+    if row.get(name) in (None, ""):
+        raise SlimlineError(f"{path}: row {number} has no value in column '{name}' ({key})")
+    return row[name]
+
+
+def _read_columns(path: Path, names: dict[str, str], chunk: int | None = None
+                  ) -> Iterator[dict[str, list]]:
+    """The named columns ({column: its params key}) of every row, `chunk` rows at a time (all in
+    one with None)."""
+    values: dict[str, list] = {name: [] for name in names}
+    for number, row, columns in _iter_rows(path):
+        for name, key in names.items():
+            values[name].append(_value(row, number, columns, name, path, key))
+        if chunk is not None and len(values[next(iter(names))]) == chunk:
+            yield values
+            values = {name: [] for name in names}
+    if values[next(iter(names))]:   # an empty file yields nothing
+        yield values
+
+
+def _text_columns(text_column: str, label_column: str | None) -> dict[str, str]:
+    return {text_column: "data.text.text_column",
+            **({label_column: "data.text.label_column"} if label_column else {})}
 
 
 def read_text_table(path: str | Path, text_column: str, label_column: str | None) -> TextTable:
     path = Path(path)
-    rows, columns = _read_rows(path)
-    if not rows:
+    table = next(_read_columns(path, _text_columns(text_column, label_column)), None)
+    if table is None:
         raise SlimlineError(f"{path}: text data file has no rows")
-    texts = [
-        str(text) for text in _column(rows, columns, text_column, path, "data.text.text_column")
-    ]
-    labels = (None if label_column is None else
-              _column(rows, columns, label_column, path, "data.text.label_column"))
-    return TextTable(texts, labels)
+    return TextTable([str(text) for text in table[text_column]],
+                     table[label_column] if label_column else None)
 
 
 def read_pairs(
@@ -85,10 +107,10 @@ def read_pairs(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(texts a, texts b, labels 0/1) of a labelled pairs file."""
     path = Path(path)
-    rows, found = _read_rows(path)
-    if not rows:
+    table = next(_read_columns(path, dict.fromkeys(columns, "data.text.pairs")), None)
+    if table is None:
         raise SlimlineError(f"{path}: pairs file has no rows")
-    first, second, label = (_column(rows, found, name, path, "data.text.pairs") for name in columns)
+    first, second, label = (table[name] for name in columns)
     try:
         labels = np.array([int(value) for value in label], dtype=np.int64)
     except (TypeError, ValueError):
@@ -159,17 +181,26 @@ class TextDataset:
 
 def load_text_dataset(path: str | Path, config, model_dir: Path) -> TextDataset:
     """The user's text file as model inputs (config: params data.text), tokenized with the
-    tokenizer saved in `model_dir`; the file is checked first (it is cheaper than the tokenizer)."""
+    tokenizer saved in `model_dir`, streamed: TOKENIZE_CHUNK rows are read and tokenized at a
+    time, so only the token arrays of the whole corpus are held (and its labels, if any)."""
     from slimline.models.huggingface import label2id, load_tokenizer
 
-    table = read_text_table(path, config.text_column, config.label_column)
+    path = Path(path)
     tokenizer = load_tokenizer(model_dir)
-    inputs = tokenize(tokenizer, table.texts, config.max_length)
-    truncated = truncated_count(tokenizer, table.texts, config.max_length)
-    if table.labels is None:
-        return TextDataset(inputs, np.zeros(len(table.texts), np.int64), None, truncated)
-    labels, classes = encode_labels(table.labels, label2id(model_dir), path)
-    return TextDataset(inputs, labels, classes, truncated)
+    columns = _text_columns(config.text_column, config.label_column)
+    parts, labels, truncated = [], [], 0
+    for chunk in _read_columns(path, columns, TOKENIZE_CHUNK):
+        texts = [str(text) for text in chunk[config.text_column]]
+        parts.append(tokenize(tokenizer, texts, config.max_length))
+        truncated += truncated_count(tokenizer, texts, config.max_length)
+        labels += chunk.get(config.label_column, [])
+    if not parts:
+        raise SlimlineError(f"{path}: text data file has no rows")
+    inputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    if config.label_column is None:
+        return TextDataset(inputs, np.zeros(len(inputs["input_ids"]), np.int64), None, truncated)
+    indices, classes = encode_labels(labels, label2id(model_dir), path)
+    return TextDataset(inputs, indices, classes, truncated)
 
 
 def save_pairs(path: str | Path, config, model_dir: Path, folder: Path) -> int:

@@ -204,3 +204,34 @@ def test_tokenizing_in_chunks_gives_what_one_call_gives(encoder_dir, corpus, mon
     assert chunked["attention_mask"].tolist() == whole["attention_mask"]
     assert text.truncated_count(tokenizer, texts, 4) == sum(
         len(ids) > 4 for ids in tokenizer(texts)["input_ids"])
+
+
+def test_a_text_file_is_read_and_tokenized_a_chunk_at_a_time(tmp_path, encoder_dir, corpus,
+                                                              monkeypatch):
+    """load_text_dataset streams the file: the same arrays, labels and truncation count as the
+    whole file in one call; rows are read as they are used, so a malformed row far down stops
+    the load with its line number only after the chunks before it were tokenized."""
+    import slimline.data.text as text
+    from slimline.config.params import TextDataParams
+
+    path = write_jsonl(corpus[:50], tmp_path / "texts.jsonl")
+    config = TextDataParams(label_column="label", max_length=12)
+    tokenizer = load_tokenizer(encoder_dir)
+    texts = [row["text"] for row in corpus[:50]]
+    calls = []
+    original = text.tokenize
+    monkeypatch.setattr(text, "tokenize", lambda *a: calls.append(len(a[1])) or original(*a))
+    monkeypatch.setattr(text, "TOKENIZE_CHUNK", 7)     # 50 rows: 8 chunks, the last short
+    dataset = text.load_text_dataset(path, config, encoder_dir)
+    assert calls == [7] * 7 + [1]
+    assert dataset.inputs["input_ids"].tolist() == tokenizer(
+        texts, max_length=12, padding="max_length", truncation=True)["input_ids"]
+    assert [dataset.classes[i] for i in dataset.labels] == [row["label"] for row in corpus[:50]]
+    assert dataset.truncated == text.truncated_count(tokenizer, texts, 12)
+
+    calls.clear()
+    with open(path, "a") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(SlimlineError, match=r"texts.jsonl: line 51 is not JSON"):
+        text.load_text_dataset(path, config, encoder_dir)
+    assert calls == [7] * 7                             # the rows before it were already used
