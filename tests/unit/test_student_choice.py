@@ -118,7 +118,10 @@ def test_the_report_shows_every_candidate_against_the_budgets(tmp_path):
     table = "\n".join(choice_lines(choice))
     assert "| 3 | 0.7300 | 3.60x | 0.9750 | shipped |" in table
     assert "| 4 | 0.8500 | 2.60x | not trained |  |" in table
-    assert "min_fidelity 0.97" in table and "3x faster" in table
+    assert "shipped the fastest depth at least 3x faster" in table
+    assert "meets min_fidelity 0.97" in table
+    missed = student_choice({**metrics, "student_met_fidelity": False})
+    assert "**No candidate met min_fidelity 0.97**" in "\n".join(choice_lines(missed))
     candidates_plot(choice, tmp_path / "candidates.png")
     assert (tmp_path / "candidates.png").read_bytes()[:4] == b"\x89PNG"
     assert student_choice({"enabled": 1, "distilled_val_top1": 0.9}) is None
