@@ -78,13 +78,15 @@ def _read_columns(path: Path, names: dict[str, str], chunk: int | None = None
     """The named columns ({column: its params key}) of every row, `chunk` rows at a time (all in
     one with None)."""
     values: dict[str, list] = {name: [] for name in names}
+    count = 0
     for number, row, columns in _iter_rows(path):
         for name, key in names.items():
             values[name].append(_value(row, number, columns, name, path, key))
-        if chunk is not None and len(values[next(iter(names))]) == chunk:
+        count += 1
+        if count == chunk:
             yield values
-            values = {name: [] for name in names}
-    if values[next(iter(names))]:   # an empty file yields nothing
+            values, count = {name: [] for name in names}, 0
+    if count:   # an empty file yields nothing
         yield values
 
 
