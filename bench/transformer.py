@@ -264,11 +264,9 @@ def variant_params(project: Path, name: str, **distill) -> str:
     return f"{name}.yaml"
 
 
-def stage(project: Path, work: Path, name: str, params: str, *arguments: str) -> float:
-    """One stage's command (python -m stages.NAME) in the project, its log and metrics in work."""
-    output = next(arguments[i + 1] for i, a in enumerate(arguments) if a == "--output") \
-        if "--output" in arguments else name
-    label = Path(output).name
+def stage(project: Path, work: Path, name: str, label: str, params: str, *arguments: str) -> float:
+    """One stage's command (python -m stages.NAME) in the project; its metrics, log and output
+    in work as LABEL.NAME.json / .log / .stdout."""
     return run([sys.executable, "-m", f"stages.{name}", "--params", params, *arguments,
                 "--metrics", str(work / f"{label}.{name}.json"),
                 "--log", str(work / f"{label}.{name}.log")], project,
@@ -282,18 +280,15 @@ def quantize_path_alone(project: Path, work: Path, seconds: dict) -> tuple[Path,
     output = work / "quantize-only"
     if not (output / "model.onnx").exists():
         seconds["quantize stage alone on the teacher"] = stage(
-            project, work, "quantize", params, "--input", "models/teacher",
+            project, work, "quantize", output.name, params, "--input", "models/teacher",
             "--data", "data/prepared", "--output", str(output))
     report = work / "quantize-only-report"
     if not (report / "report.md").exists():
-        run([sys.executable, "-m", "stages.evaluate", "--params", params, "--data",
-             "data/prepared", "--model", "teacher=models/teacher", "--model",
-             f"quantized={output}", "--report", str(report),
-             "--metrics", str(work / "quantize-only.evaluate.json"),
-             "--log", str(work / "quantize-only.evaluate.log")], project,
-            work / "quantize-only.evaluate.stdout")
+        stage(project, work, "evaluate", output.name, params, "--data", "data/prepared",
+              "--model", "teacher=models/teacher", "--model", f"quantized={output}",
+              "--report", str(report))
     return output / "model.onnx", json.loads(
-        (work / "quantize-only.evaluate.json").read_text())["gate_passed"]
+        (work / f"{output.name}.evaluate.json").read_text())["gate_passed"]
 
 
 def kept_layers(artifact: Path) -> list[int] | None:
@@ -313,11 +308,11 @@ def fixed_student(project: Path, work: Path, layers: list[int], seconds: dict) -
     distilled, quantized = work / f"{name}-distilled", work / f"{name}-quantized"
     if not (distilled / "model.onnx").exists():
         seconds[f"distill stage, student {layers}"] = stage(
-            project, work, "distill", params, "--input", "models/decomposed", "--teacher",
-            "models/teacher", "--data", "data/prepared", "--output", str(distilled))
+            project, work, "distill", distilled.name, params, "--input", "models/decomposed",
+            "--teacher", "models/teacher", "--data", "data/prepared", "--output", str(distilled))
     if not (quantized / "model.onnx").exists():
-        stage(project, work, "quantize", params, "--input", str(distilled), "--data",
-              "data/prepared", "--output", str(quantized))
+        stage(project, work, "quantize", quantized.name, params, "--input", str(distilled),
+              "--data", "data/prepared", "--output", str(quantized))
     return quantized / "model.onnx"
 
 
@@ -361,7 +356,7 @@ def main() -> None:
     trimmed = work / "trimmed-quantized"
     if not (trimmed / "model.onnx").exists():
         seconds["quantize stage on the trimmed student"] = stage(
-            project, work, "quantize", "params.yaml", "--input",
+            project, work, "quantize", trimmed.name, "params.yaml", "--input",
             str(trimmed_student(project, work)), "--data", "data/prepared",
             "--output", str(trimmed))
     config = json.loads((teacher / "recipe.json").read_text())["arguments"]["config"]
