@@ -15,7 +15,7 @@ from slimline.config.paths import project_path
 from slimline.data.sources import load_dataset
 from slimline.data.splits import Split, check_split, save_split, split_dataset
 from slimline.errors import SlimlineError
-from slimline.models.teacher import with_family_preprocess
+from slimline.models.families import with_family_preprocess
 from slimline.stage import stage_main, write_metrics
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.config.params import ModelParams, PreprocessParams
+from slimline.config.params import ModelParams
 from slimline.data.splits import Inputs
 from slimline.errors import SlimlineError
 
@@ -15,20 +15,6 @@ from slimline.errors import SlimlineError
 def _listed(names: list[str], limit: int = 3) -> str:
     more = f", ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def with_family_preprocess(preprocess: PreprocessParams, config: ModelParams) -> PreprocessParams:
-    """A pretrained family's input size and normalisation, where params leave them null: the
-    family knows how its weights were trained; nothing downstream hard-codes it."""
-    if not config.pretrained:
-        return preprocess
-    from slimline.models.efficientnet_lite import MEAN, STD, VARIANTS
-
-    channels = preprocess.channels
-    defaults = {"size": [VARIANTS[config.variant].resolution] * 2,
-                "mean": MEAN[:channels], "std": STD[:channels]}
-    return preprocess.model_copy(update={key: value for key, value in defaults.items()
-                                         if getattr(preprocess, key) is None})
 
 
 def architecture_and_arguments(config: ModelParams, inputs: Inputs) -> tuple[str, dict]:
