@@ -22,12 +22,16 @@ from slimline.measure.graph import load_onnx
 from slimline.measure.runtime import check_feeds, make_session
 from slimline.stage import artifact_arguments, pass_through, stage_main, write_metrics
 from slimline.task import task_of
+from slimline.techniques.layer_error import layer_lines
 from slimline.techniques.quantize import (
     VNNI_FLAGS,
     choose_int8_target,
     cpu_int8_features,
     quantize_model,
 )
+
+# Layers named in the log as adding the most int8 error.
+WORST_LAYERS = 5
 
 
 def fp32_graph(args, params, calibration, target, log) -> onnx.ModelProto:
@@ -135,7 +139,7 @@ def main(args, params, log):
     log.info("quantized in %.1f s (%d calibration examples, %s calibration); graph ops: %s",
              seconds, len(calibration), config.calibration_method,
              ", ".join(f"{op} {count}" for op, count in report.quantized_ops.items()))
-    for line in report.tensor_lines():
+    for line in report.tensor_lines() + layer_lines(report.layers, WORST_LAYERS):
         log.info("%s", line)
 
     shipped_scheme = SCHEMES[report.scheme]   # static may fall back to dynamic (transformers)
@@ -144,17 +148,27 @@ def main(args, params, log):
         onnx.save(quantized, str(int8_path))
         compared = compare_precisions(fp32_path, int8_path, splits, task, runs=config.latency_runs,
                                       rounds=config.latency_rounds)
-        write_onnx_artifact(args.output, int8_path,
-                            recipe.derive("quantize", precision=shipped_scheme.precision))
+        # 4-bit weight-only is the size-first scheme, slower by design; int8 is for speed
+        ships_fp32 = shipped_scheme.name != "weight_only_4bit" \
+            and compared.speedup < config.min_speedup
+        if ships_fp32:
+            write_onnx_artifact(args.output, fp32_path, recipe.derive("quantize", precision="fp32"))
+        else:
+            write_onnx_artifact(args.output, int8_path,
+                                recipe.derive("quantize", precision=shipped_scheme.precision))
 
     for line in compared.summary(task):
         log.info("%s", line)
     latency = compared.latency_p50_ms
-    if compared.speedup < 1:
+    if ships_fp32:
+        log.warning("the int8 graph ran %.2fx of its fp32 input's speed (%.3f ms vs %.3f ms; "
+                    "quantize.min_speedup %g; int8 support here: %s): shipping the fp32 input "
+                    "instead", compared.speedup, latency["int8"], latency["fp32"],
+                    config.min_speedup, ", ".join(sorted(features)) or "none")
+    elif compared.speedup < 1:
         log.warning("the quantized model is SLOWER than fp32 on this CPU: %.3f ms vs %.3f ms "
-                    "(%.2fx). Int8 support here: %s. Consider scheme, activation_type or shipping "
-                    "fp32.", latency["int8"], latency["fp32"], compared.speedup,
-                    ", ".join(sorted(features)) or "none")
+                    "(%.2fx), shipped as quantize.min_speedup = %g allows", latency["int8"],
+                    latency["fp32"], compared.speedup, config.min_speedup)
     if not task.is_embedding and compared.drop_points("val") > config.max_top1_drop:
         log.warning("quantization lost %.2f val top-1 points, more than quantize.max_top1_drop = "
                     "%g; try calibration_method, per_channel or scheme: qat",
@@ -163,8 +177,9 @@ def main(args, params, log):
         log.info("4-bit weight-only is the size-first scheme: measured here %.2fx of fp32's speed "
                  "(MatMulNBits at batch 1 ran 0.86-0.94x of fp32 on an AVX2 CPU)", compared.speedup)
     log.info("quantized artifact written to %s (precision %s)", args.output,
-             shipped_scheme.precision)
-    metrics = {"enabled": 1, **compared.metrics(task), "cpu_vnni": vnni,
+             "fp32" if ships_fp32 else shipped_scheme.precision)
+    metrics = {"enabled": 1, **compared.metrics(task), "shipped_fp32": ships_fp32,
+               "cpu_vnni": vnni,
                "reduce_range": bool(report.settings.get("reduce_range", target.reduce_range)),
                "quantize_seconds": round(seconds, 1), "calibration_images": len(calibration),
                "fused": bool(fusion and fusion.kept)}
@@ -172,9 +187,15 @@ def main(args, params, log):
         metrics["fusion_fp32_speedup"] = fusion.speedup
         metrics["fused_attention"] = fusion.fused_ops.get("Attention", 0)
     for key in ("fidelity_reduce_range", "fidelity_full_range", "fidelity_static",
-                "fidelity_dynamic"):
+                "fidelity_dynamic", "fidelity_plain", "fidelity_equalized",
+                "fidelity_bias_corrected", "fidelity_shipped", "equalized", "bias_corrected"):
         if key in report.settings:
             metrics[key] = report.settings[key]
+    if report.layers:
+        worst = max(report.layers, key=lambda row: row.added_db)
+        metrics["worst_layer"] = worst.name
+        metrics["worst_layer_added_db"] = round(worst.added_db, 2)
+        metrics["lowest_layer_sqnr_db"] = round(min(row.sqnr_db for row in report.layers), 2)
     for kind in ("weight", "activation"):
         if report.worst_sqnr_db(kind) is not None:
             metrics[f"worst_{kind}_sqnr_db"] = report.worst_sqnr_db(kind)

@@ -46,7 +46,9 @@ REDUCED = {
     },
     "decompose": {"finetune": {"epochs": 1}, "latency_runs": 50},
     "distill": {"train": {"epochs": 1}},
-    "quantize": {"latency_runs": 50, "latency_rounds": 5},
+    # a tiny model's int8 speed-up is noise on a loaded CI machine: the tests that check the int8
+    # graph need it shipped (the fp32 fallback has its own test)
+    "quantize": {"latency_runs": 50, "latency_rounds": 5, "min_speedup": 0},
     "evaluate": {
         "latency_runs": 200,
         "warmup_runs": 5,

@@ -308,11 +308,22 @@ class QuantizeParams(Section):
     # from /proc/cpuinfo.
     reduce_range: bool | Literal["auto"] = "auto"
     block_size: int = Field(32, ge=16)             # weight_only_4bit: weights per scale
+    # Static int8 of convolutional networks (slimline/techniques/int8_fidelity.py): cross-layer
+    # equalization before calibration and empirical bias correction after it. auto: kept only
+    # where it measures more faithful to fp32 on calibration examples; on: always; off: never.
+    equalize: Literal["auto", "on", "off"] = "auto"
+    # AIMET's way through ReLU6 (not scale-equivariant): make it ReLU and equalize those pairs
+    # too. It changes the fp32 function; on EfficientNet-Lite0 it broke it (agreement 0.29).
+    equalize_relu6: bool = False
+    bias_correction: Literal["auto", "on", "off"] = "auto"
     # Transformers: ONNX Runtime's transformer fusion (attention, skip-layer-norm, bias-gelu)
     # before int8. auto: kept only where parity holds and it measures faster; on: kept whenever
     # parity holds; off: never.
     fuse: Literal["auto", "on", "off"] = "auto"
     qat: QatTrain = QatTrain()
+    # Ship the int8 graph only if it measures at least this much faster than its fp32 input
+    # (batch 1, interleaved); else the fp32 input ships (weight_only_4bit is size-first: exempt).
+    min_speedup: float = Field(1.0, ge=0)
     # Warn (log and metrics) when int8 loses more than this many top-1 points on val.
     max_top1_drop: float = Field(0.3, ge=0, le=100)
     latency_runs: int = Field(200, ge=20)           # batch-1 runs per model, interleaved

@@ -43,6 +43,8 @@ from slimline.techniques.affine import (
     quantization_error,
     symmetric_int8,
 )
+from slimline.techniques.int8_fidelity import faithful_static_int8
+from slimline.techniques.layer_error import LayerError
 
 # CPU flags that give x86 int8 dot products without int16 saturation (VNNI) or tile units (AMX).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -285,6 +287,7 @@ class QuantizeReport:
     settings: dict
     quantized_ops: dict = field(default_factory=dict)   # op type -> count in the output graph
     tensors: list[TensorError] = field(default_factory=list)
+    layers: list[LayerError] = field(default_factory=list)  # static CNNs: per-layer int8 error
 
     def worst_sqnr_db(self, kind: str) -> float | None:
         values = [row.sqnr_db for row in self.tensors if row.kind == kind]
@@ -452,10 +455,23 @@ def quantize_model(
                     "dynamic int8 instead (quantize.scheme static fell back)")
                 quantized, scheme = dynamic, "dynamic"
                 settings["fallback"] = "dynamic"
-        report = QuantizeReport(scheme, settings, count_ops(quantized))
+        reference, layers = prepared, []
+        if not transformer:
+            examples = len(next(iter(probe.values())))
+            log(f"int8 fidelity to fp32 below: top-1 agreement (+ 0.001 x logit cosine) on "
+                f"{examples} calibration examples")
+            choice = faithful_static_int8(
+                prepared, quantized, calibration, config,
+                requantize=lambda graph: quantize_static_qdq(graph, calibration, config, target),
+                fidelity_of=lambda graph: output_fidelity(prepared, {"int8": graph}, probe,
+                                                          embedding=False)["int8"],
+                log=log)
+            quantized, reference, layers = choice.quantized, choice.reference, choice.layers
+            settings.update(choice.settings)
+        report = QuantizeReport(scheme, settings, count_ops(quantized), layers=layers)
         if scheme != "dynamic":
-            report.tensors = weight_errors(prepared, quantized, target.reduce_range)
-            report.tensors += activation_errors(prepared, quantized,
+            report.tensors = weight_errors(reference, quantized, target.reduce_range)
+            report.tensors += activation_errors(reference, quantized,
                                                 calibration.head(config.calibration_batch_size))
     elif config.scheme == "dynamic":
         settings["op_types"] = list(dynamic_ops)

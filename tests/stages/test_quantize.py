@@ -77,7 +77,8 @@ def quantize_stage(folder, name, check=True, **quantize):
 
 
 def test_static_int8_keeps_accuracy_and_calibration_is_byte_identical(tiny_teacher):
-    quantize_stage(tiny_teacher, "int8_a")
+    result = quantize_stage(tiny_teacher, "int8_a")
+    log = result.stdout + result.stderr
     quantize_stage(tiny_teacher, "int8_b")
     first = (tiny_teacher / "int8_a" / "model.onnx").read_bytes()
     assert first == (tiny_teacher / "int8_b" / "model.onnx").read_bytes()
@@ -89,7 +90,20 @@ def test_static_int8_keeps_accuracy_and_calibration_is_byte_identical(tiny_teach
     assert metrics["size_ratio"] < 0.6      # a tiny graph is mostly structure, not weights
     recipe = json.loads((tiny_teacher / "int8_a" / "recipe.json").read_text())
     assert recipe["precision"] == "int8-static-qdq" and recipe["history"][-1] == "quantize"
+    assert metrics["shipped_fp32"] == 0 and "bias_corrected" in metrics
+    assert "layers adding the most int8 error: " + metrics["worst_layer"] in log
     assert not (tiny_teacher / "int8_a" / "weights.safetensors").exists()
+
+
+def test_int8_slower_than_its_fp32_input_ships_the_fp32_input(tiny_teacher):
+    # no int8 graph is 1000x faster: the stage must measure it slower than asked and ship fp32
+    result = quantize_stage(tiny_teacher, "guarded", min_speedup=1000)
+    assert (tiny_teacher / "guarded" / "model.onnx").read_bytes() == \
+        (tiny_teacher / "teacher" / "model.onnx").read_bytes()
+    assert json.loads((tiny_teacher / "guarded" / "recipe.json").read_text())["precision"] == "fp32"
+    metrics = json.loads((tiny_teacher / "guarded.json").read_text())
+    assert metrics["shipped_fp32"] == 1 and metrics["speedup"] < 1000
+    assert "shipping the fp32 input instead" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
