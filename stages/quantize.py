@@ -192,9 +192,9 @@ def main(args, params, log):
         if key in report.settings:
             metrics[key] = report.settings[key]
     if report.layers:
-        worst = max(report.layers, key=lambda row: row.added_db)
+        worst = min(report.layers, key=lambda row: row.own_sqnr_db)
         metrics["worst_layer"] = worst.name
-        metrics["worst_layer_added_db"] = round(worst.added_db, 2)
+        metrics["worst_layer_own_sqnr_db"] = round(worst.own_sqnr_db, 2)
         metrics["lowest_layer_sqnr_db"] = round(min(row.sqnr_db for row in report.layers), 2)
     for kind in ("weight", "activation"):
         if report.worst_sqnr_db(kind) is not None:
