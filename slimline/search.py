@@ -144,18 +144,25 @@ def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
     return [c for c in candidates if not any(o.dominates(c) for o in candidates if o is not c)]
 
 
-def meets(candidate: Candidate, budgets, teacher_val_top1: float) -> bool:
-    """Budgets of a profile, judged on validation figures (point estimates)."""
-    if 100 * (teacher_val_top1 - candidate.val_top1) > budgets.max_top1_drop:
+def meets(candidate: Candidate, budgets, teacher: dict) -> bool:
+    """Budgets of a profile, judged on validation figures (point estimates); `teacher` has the
+    teacher's val_top1, latency_ms and size_mb, for the drop and the relative budgets."""
+    if 100 * (teacher["val_top1"] - candidate.val_top1) > budgets.max_top1_drop:
         return False
     if budgets.max_latency_ms is not None and candidate.latency_ms > budgets.max_latency_ms:
         return False
-    return budgets.max_size_mb is None or candidate.size_mb <= budgets.max_size_mb
+    if budgets.max_size_mb is not None and candidate.size_mb > budgets.max_size_mb:
+        return False
+    if (budgets.max_size_ratio is not None
+            and candidate.size_mb > budgets.max_size_ratio * teacher["size_mb"]):
+        return False
+    return (budgets.min_speedup is None
+            or teacher["latency_ms"] >= budgets.min_speedup * candidate.latency_ms)
 
 
-def best_within_budgets(front: list[Candidate], budgets, teacher_val_top1: float):
+def best_within_budgets(front: list[Candidate], budgets, teacher: dict):
     """The fastest front member that meets the budgets (then the smallest), or None."""
-    fitting = [c for c in front if meets(c, budgets, teacher_val_top1)]
+    fitting = [c for c in front if meets(c, budgets, teacher)]
     return min(fitting, key=lambda c: (c.latency_ms, c.size_mb), default=None)
 
 

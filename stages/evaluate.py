@@ -59,7 +59,9 @@ def main(args, params, log):
 
     shipped = evaluation.shipped
     checks = check_budgets(settings.gate, shipped["paired"], shipped["latency_p50_ms"],
-                           shipped["size_mb"], shipped["throughput"], judged=task.judged,
+                           shipped["size_mb"], shipped["throughput"],
+                           size_ratio=shipped["size_ratio"], speedup=shipped["speedup"],
+                           judged=task.judged,
                            throughput_unit=task.throughput_unit,
                            embeddings=shipped if task.is_embedding else None)
     gate_passed = all(check.passed for check in checks)

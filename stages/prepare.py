@@ -13,8 +13,9 @@ from pathlib import Path
 from slimline.artifact.atomic import atomic_dir
 from slimline.config.paths import project_path
 from slimline.data.sources import load_dataset
-from slimline.data.splits import check_split, save_split, split_dataset
+from slimline.data.splits import Split, check_split, save_split, split_dataset
 from slimline.errors import SlimlineError
+from slimline.models.families import with_family_preprocess
 from slimline.stage import stage_main, write_metrics
 
 
@@ -51,8 +52,15 @@ def torch_teacher(args, params, splits, log) -> dict:
         load_weights(teacher, weights)
         log.info("teacher weights loaded from %s (model.weights): not trained here", weights)
     else:
-        fit(teacher, splits["train"], params.prepare.train, seed=params.seed, description="teacher",
-            log=log.info)
+        if config.pretrained:
+            from slimline.models.efficientnet_lite import load_pretrained, weights_file
+
+            notes = load_pretrained(teacher, config.variant)
+            log.info("teacher: ImageNet weights of EfficientNet-%s from %s (sha256 checked)%s; "
+                     "fine-tuned on the training split", config.variant.title(),
+                     weights_file(config.variant), "".join(f"; {note}" for note in notes))
+        fit(teacher, splits["train"], params.prepare.train, seed=params.seed,
+            description="teacher fine-tune" if config.pretrained else "teacher", log=log.info)
     train_seconds = time.perf_counter() - started
     val_top1, test_top1 = accuracy(teacher, splits["val"]), accuracy(teacher, splits["test"])
     log.info("teacher ready in %.0f s: val top-1 %.2f%%, test top-1 %.2f%%",
@@ -186,7 +194,9 @@ def main(args, params, log):
         configure_from(params.training, log.info)
     model_dir = (project_path(args.params.parent, params.model.path, "model.path")
                  if params.model.source == "huggingface" else None)
-    dataset = load_dataset(params.data, args.params.parent, model_dir)
+    data_config = params.data.model_copy(update={
+        "preprocess": with_family_preprocess(params.data.preprocess, params.model)})
+    dataset = load_dataset(data_config, args.params.parent, model_dir)
     for note in dataset.notes:
         log.info("data: %s", note)
     num_classes = params.model.num_classes
@@ -205,17 +215,22 @@ def main(args, params, log):
         dataset.inputs = match_onnx_inputs(
             graph_inputs, dataset.inputs, f"model.onnx = {graph_path}"
         )
+    splits = split_dataset(dataset.inputs, dataset.labels, val_size=params.data.val_size,
+                           test_size=params.data.test_size,
+                           calibration_size=params.data.calibration_size, seed=params.seed,
+                           test=dataset.test, train_size=params.data.train_size)
+    if dataset.finish is not None:
+        splits = {name: Split(dataset.finish(split.inputs), split.labels)
+                  for name, split in splits.items()}
     log.info(
         "data: %s, %d examples, inputs %s, %d classes%s",
         params.data.source,
-        len(dataset.labels),
-        {name: f"{array.dtype}{list(array.shape[1:])}" for name, array in dataset.inputs.items()},
+        len(dataset.labels) + (len(dataset.test) if dataset.test is not None else 0),
+        {name: f"{array.dtype}{list(array.shape[1:])}" for name, array in
+         splits["val"].inputs.items()},
         len(np.unique(dataset.labels)),
         f" ({', '.join(dataset.classes[:12])})" if dataset.classes else "",
     )
-    splits = split_dataset(dataset.inputs, dataset.labels, val_size=params.data.val_size,
-                           test_size=params.data.test_size,
-                           calibration_size=params.data.calibration_size, seed=params.seed)
     for name, split in splits.items():
         check_split(split, name, num_classes)
         log.info("split %-11s %5d examples", name, len(split))

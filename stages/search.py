@@ -84,7 +84,7 @@ def main(args, params, log):
     teacher = {"val_top1": teacher_val, "size_mb": file_size(args.teacher / ONNX) / 1e6,
                "latency_ms": runner.teacher_latency()}
     front = sorted(pareto_front(candidates), key=lambda c: c.latency_ms)
-    pick = best_within_budgets(front, profile.budgets, teacher_val)
+    pick = best_within_budgets(front, profile.budgets, teacher)
     front_plot(candidates, front, pick, args.out / "front.png", teacher)
     lines = [f"# Search for `{args.target}`", "", f"{len(candidates)} complete trials; "
              f"teacher: val top-1 {100 * teacher_val:.2f}%, {teacher['latency_ms']:.3f} ms, "

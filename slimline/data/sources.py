@@ -1,12 +1,14 @@
-"""Where the examples come from: MNIST, an image folder, an .npz file or a user factory.
+"""Where the examples come from: MNIST, an image folder, idx files, an .npz file or a user factory.
 
 Each source gives named inputs and integer labels for the whole data set (slimline/data/splits.py
-cuts the splits); class names when the source has them. Preprocessing declared in params
-(resize, channels, normalisation) is applied here, once, so the stored splits are exactly what
-the model sees.
+cuts the splits); class names when the source has them; its own test set when it has one.
+Preprocessing declared in params (resize, channels, normalisation) is applied once, so the stored
+splits are exactly what the model sees: here, or after the cut (`finish`) for a source whose raw
+examples are far smaller than the model's inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from slimline.config.params import DataParams, PreprocessParams
 from slimline.config.paths import project_path
-from slimline.data.splits import DEFAULT_INPUT, Inputs, load_mnist
+from slimline.data.splits import DEFAULT_INPUT, Inputs, Split, load_mnist
 from slimline.errors import SlimlineError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -26,6 +28,9 @@ class Dataset:
     labels: np.ndarray
     classes: list[str] | None = None   # label i is classes[i], when the source names them
     notes: list[str] = field(default_factory=list)  # what preparing the data did, for the log
+    test: Split | None = None       # the source's own test set: the test split is drawn from it
+    # Applied to each split's inputs after the cut, when the source returns raw examples.
+    finish: Callable[[Inputs], Inputs] | None = None
 
 
 def normalize(array: np.ndarray, preprocess: PreprocessParams, key: str) -> np.ndarray:
@@ -90,6 +95,26 @@ def image_folder(root: Path, preprocess: PreprocessParams) -> Dataset:
             labels.append(label)
     stacked = normalize(np.stack(images), preprocess, f"data.path = {root}")
     return Dataset({DEFAULT_INPUT: stacked}, np.asarray(labels, np.int64), classes)
+
+
+def idx_folder(folder: Path, preprocess: PreprocessParams) -> Dataset:
+    """MNIST-format idx files: the t10k set is the test split; the bytes are resized, repeated
+    into `channels` and normalised after the cut (slimline/data/idx.py)."""
+    from slimline.data.idx import read_idx_folder, to_model_inputs
+
+    parts, classes = read_idx_folder(folder)
+    (train_images, train_labels), (test_images, test_labels) = parts["train"], parts["test"]
+
+    def finish(inputs: Inputs) -> Inputs:
+        images = to_model_inputs(inputs[DEFAULT_INPUT], preprocess.size, preprocess.channels)
+        return {DEFAULT_INPUT: normalize(images, preprocess, f"data.path = {folder}")}
+
+    height, width = train_images.shape[2:]
+    size = "x".join(map(str, preprocess.size)) if preprocess.size else f"{height}x{width}"
+    note = (f"{len(train_labels)} training and {len(test_labels)} test images of {height}x{width} "
+            f"from {folder}, as {preprocess.channels} channel(s) of {size}")
+    return Dataset({DEFAULT_INPUT: train_images}, train_labels, classes, [note],
+                   test=Split({DEFAULT_INPUT: test_images}, test_labels), finish=finish)
 
 
 def _as_array(value, what: str) -> np.ndarray:
@@ -196,4 +221,6 @@ def load_dataset(config: DataParams, base: Path, model_dir: Path | None = None) 
         return image_folder(path, config.preprocess)
     if config.source == "npz":
         return npz_file(path, config)
+    if config.source == "idx":
+        return idx_folder(path, config.preprocess)
     return text_file(path, config, model_dir)

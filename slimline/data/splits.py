@@ -89,25 +89,37 @@ class Split:
 
 
 def split_dataset(inputs: Inputs | np.ndarray, labels: np.ndarray, *, val_size: int, test_size: int,
-                  calibration_size: int, seed: int) -> dict[str, Split]:
-    """Shuffle once under `seed`, cut test, val, train; calibration is a subset of train."""
+                  calibration_size: int, seed: int, test: Split | None = None,
+                  train_size: int | None = None) -> dict[str, Split]:
+    """Shuffle once under `seed`, cut test, val, train; calibration is a subset of train.
+    With the source's own `test` set, the test split is drawn from it (all of it when test_size
+    covers it) and val and train from the rest. `train_size` caps the training split."""
     whole = Split(as_inputs(inputs), labels)
     total = len(labels)
-    train_size = total - val_size - test_size
-    if train_size < 1:
+    held_out = val_size + (0 if test is not None else test_size)
+    if total - held_out < 1:
         raise SlimlineError(
-            f"params.yaml: data.val_size + data.test_size = {val_size + test_size} "
-            f"leaves no training examples out of {total}")
-    if calibration_size > train_size:
+            f"params.yaml: data.val_size{'' if test is not None else ' + data.test_size'} = "
+            f"{held_out} leaves no training examples out of {total}")
+    order = np.random.default_rng(seed).permutation(total)
+    if test is None:
+        test_rows, order = order[:test_size], order[test_size:]
+    val, train = order[:val_size], order[val_size:][:train_size]
+    if calibration_size > len(train):
         raise SlimlineError(
             f"params.yaml: data.calibration_size = {calibration_size} is larger than "
-            f"the training split ({train_size} examples)")
-    order = np.random.default_rng(seed).permutation(total)
-    test, val, train = np.split(order, [test_size, test_size + val_size])
+            f"the training split ({len(train)} examples)")
     calibration = np.random.default_rng(seed + 1).choice(train, calibration_size, replace=False)
-    return {name: whole.subset(index)
-            for name, index in (("train", train), ("val", val), ("test", test),
-                                ("calibration", np.sort(calibration)))}
+    splits = {name: whole.subset(index)
+              for name, index in (("train", train), ("val", val), ("calibration",
+                                                                   np.sort(calibration)))}
+    if test is None:
+        splits["test"] = whole.subset(test_rows)
+    else:
+        rows = np.arange(len(test)) if test_size >= len(test) else np.sort(
+            np.random.default_rng(seed + 2).choice(len(test), test_size, replace=False))
+        splits["test"] = test.subset(rows)
+    return {name: splits[name] for name in SPLITS}
 
 
 def check_split(split: Split, name: str, num_classes: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from slimline.errors import SlimlineError
+from slimline.models.efficientnet_lite import EfficientNetLite
 from slimline.models.huggingface import build_text_model
 from slimline.models.mobilenet import MobileNet
 from slimline.models.resnet import ResNetDigits
@@ -13,6 +14,7 @@ ARCHITECTURES = {
     "resnet_digits": ResNetDigits,
     "huggingface": build_text_model,   # a transformer rebuilt from the config in its recipe
     "mobilenet": MobileNet,
+    "efficientnet_lite": EfficientNetLite,   # Google's mobile classifier, ImageNet weights pinned
 }
 
 

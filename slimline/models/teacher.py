@@ -28,6 +28,14 @@ def architecture_and_arguments(config: ModelParams, inputs: Inputs) -> tuple[str
             f"model.architecture = {config.architecture} takes one float image input "
             f"of shape (C, H, W); the data gives {shapes}"
         )
+    if config.architecture == "efficientnet_lite":
+        height, width = images.shape[2:]
+        if height != width:
+            raise SlimlineError(f"model.architecture = efficientnet_lite takes square images; the "
+                                f"data gives {height}x{width} (set data.preprocess.size)")
+        return config.architecture, {"variant": config.variant, "num_classes": config.num_classes,
+                                     "in_channels": int(images.shape[1]),
+                                     "image_size": int(height)}
     return config.architecture, {"in_channels": int(images.shape[1]),
                                  "num_classes": config.num_classes, "widths": list(config.widths),
                                  "blocks_per_stage": config.blocks_per_stage}

@@ -32,7 +32,8 @@ class BudgetCheck:
 
 
 def check_budgets(gate, shipped_drop: PairedDifference, latency_ms: float, size_mb: float,
-                  throughput: float, *, judged: str = "top-1", throughput_unit: str = "images/s",
+                  throughput: float, *, size_ratio: float = 1.0, speedup: float = 1.0,
+                  judged: str = "top-1", throughput_unit: str = "images/s",
                   embeddings: dict | None = None) -> list[BudgetCheck]:
     """`gate` is params.evaluate.gate; drops are in points (100 x fraction) of `judged` (top-1,
     or an embedding model's nn@1 agreement, the teacher's being 100%). `embeddings`: an
@@ -49,7 +50,9 @@ def check_budgets(gate, shipped_drop: PairedDifference, latency_ms: float, size_
                     "points")]
     optional = [("batch-1 latency p50", gate.max_latency_ms, latency_ms, False, "ms"),
                 ("ONNX file size", gate.max_size_mb, size_mb, False, "MB"),
-                ("batch throughput", gate.min_throughput, throughput, True, throughput_unit)]
+                ("batch throughput", gate.min_throughput, throughput, True, throughput_unit),
+                ("size vs teacher", gate.max_size_ratio, size_ratio, False, "x"),
+                ("speed-up vs teacher", gate.min_speedup, speedup, True, "x")]
     if embeddings is not None:
         optional += [("embedding fidelity", gate.min_embedding_fidelity, embeddings["cos_mean"],
                       True, "mean cosine"),

@@ -137,3 +137,18 @@ def test_a_hugging_face_folder_with_only_a_pickled_bin_is_refused_and_never_run(
     )
     assert_refused(done, "pickled pytorch_model.bin", "convert them to safetensors")
     assert "Warning" not in done.stderr and not marker.exists()
+
+
+def test_efficientnet_lite_weights_that_would_run_code_are_refused_and_never_run(outside,
+                                                                                 tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.npz").write_bytes((outside / "data.npz").read_bytes())
+    marker = tmp_path / "marker"
+    with open(project / "lite0.pth", "wb") as handle:
+        pickle.dump({"_conv_stem.weight": _RunsACommand(marker)}, handle)
+    done = prepare(project, data={**NPZ, "path": "data.npz"},
+                   model={"architecture": "efficientnet_lite", "num_classes": 2,
+                          "weights": "lite0.pth"})
+    assert_refused(done, "lite0.pth", "weights_only=True")
+    assert not marker.exists()

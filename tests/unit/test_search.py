@@ -29,9 +29,17 @@ def test_front_holds_only_non_dominated_points():
               candidate(3, 0.99, 2.0, 0.9), candidate(4, 0.97, 0.5, 0.5)]  # 4 ties with 1
     front = pareto_front(points)
     assert {c.number for c in front} == {0, 1, 3, 4}
+    teacher = {"val_top1": 0.984, "latency_ms": 2.4, "size_mb": 4.0}
     budgets = GateParams(max_top1_drop=1.5, max_latency_ms=1.5)
-    assert best_within_budgets(front, budgets, teacher_val_top1=0.984).number in (1, 4)
-    assert best_within_budgets(front, GateParams(max_top1_drop=0.1), 0.999) is None
+    assert best_within_budgets(front, budgets, teacher).number in (1, 4)
+    assert best_within_budgets(front, GateParams(max_top1_drop=0.1),
+                               {**teacher, "val_top1": 0.999}) is None
+    # Relative budgets: 4x faster than the teacher leaves only 1 and 4 (0.5 ms of 2.4), and
+    # a sixth of its size none of them.
+    relative = GateParams(max_top1_drop=5.0, min_speedup=4.0)
+    assert best_within_budgets(front, relative, teacher).number in (1, 4)
+    assert best_within_budgets(front, GateParams(max_top1_drop=5.0, max_size_ratio=1 / 16),
+                               teacher) is None
 
 
 def test_a_new_study_starts_from_the_target_profile_recipe():

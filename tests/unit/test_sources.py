@@ -2,12 +2,14 @@
 named inputs with a sequence axis train, export and feed ONNX Runtime."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from slimline.artifact.recipe import ONNX
 from slimline.config.params import DataParams
 from slimline.data.sources import load_dataset
+from tests.helpers.idx import mnist_idx
 
 
 def test_npz_and_factory_data_give_named_normalised_inputs(tmp_path, monkeypatch):
@@ -89,3 +91,33 @@ def test_named_inputs_with_a_sequence_axis_train_export_and_feed_onnx(tmp_path, 
     assert [value.name for value in session.get_inputs()] == ["input_ids", "attention_mask"]
     shorter = {"input_ids": ids[:5, :6], "attention_mask": mask[:5, :6]}  # another batch and length
     np.testing.assert_allclose(onnx_predict(session, shorter), predict(model, shorter), atol=1e-5)
+
+
+def test_an_idx_folder_keeps_its_own_test_set_and_expands_only_the_examples_used(tmp_path):
+    from slimline.data.splits import split_dataset
+
+    test_images = mnist_idx(tmp_path / "digits")
+    config = DataParams(source="idx", path="digits", preprocess={
+        "size": [32, 32], "channels": 3, "mean": [0.5], "std": [0.25]})
+    dataset = load_dataset(config, tmp_path)
+    assert dataset.inputs["input"].dtype == np.uint8 and len(dataset.test) == 100
+    splits = split_dataset(dataset.inputs, dataset.labels, val_size=50, test_size=10000,
+                           calibration_size=16, seed=0, test=dataset.test, train_size=120)
+    assert [len(splits[name]) for name in ("train", "val", "test", "calibration")] == [
+        120, 50, 100, 16]
+    np.testing.assert_array_equal(splits["test"].inputs["input"][:, 0], test_images)
+    test = dataset.finish(splits["test"].inputs)["input"]
+    assert test.shape == (100, 3, 32, 32) and test.dtype == np.float32
+    # Bilinear upsampling keeps the range; the normalisation maps ink (1.0) to 2.0.
+    assert test.max() == pytest.approx(2.0, abs=1e-3) and test.min() == pytest.approx(-2.0)
+
+
+def test_a_truncated_idx_file_is_refused_in_one_line(tmp_path):
+    from slimline.errors import SlimlineError
+
+    mnist_idx(tmp_path / "digits")
+    labels = tmp_path / "digits" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-5])
+    with pytest.raises(SlimlineError, match="t10k-labels-idx1-ubyte: the header says .100. "
+                                            "bytes, the file holds 95"):
+        load_dataset(DataParams(source="idx", path="digits"), tmp_path)

@@ -72,6 +72,19 @@ def test_latency_size_and_throughput_budgets():
     assert checks["ONNX file size"].passed and checks["batch throughput"].passed
 
 
+def test_relative_budgets_judge_size_and_speed_against_the_teacher():
+    gate = GateParams(max_size_ratio=0.125, min_speedup=3.0)
+    reference, model = outcomes(100, 0, 0)
+    checks = {c.name: c for c in check_budgets(gate, paired_difference(reference, model), 1.0, 1.0,
+                                                1.0, size_ratio=0.1, speedup=2.5)}
+    assert checks["size vs teacher"].passed
+    assert not checks["speed-up vs teacher"].passed
+    assert checks["speed-up vs teacher"].margin == pytest.approx(-0.5)
+    unset = check_budgets(GateParams(), paired_difference(reference, model), 1.0, 1.0, 1.0,
+                          size_ratio=0.9, speedup=0.5)
+    assert [check.name for check in unset] == ["top-1 drop vs teacher"]
+
+
 def embeddings_at_cosine(reference, cosine, seed=0):
     """`reference`'s rows turned by the angle whose cosine is `cosine`, each in a random
     direction orthogonal to it: every row's cosine to its reference is exactly `cosine`."""
