@@ -188,10 +188,12 @@ def main(args, params, log):
         metrics["fused_attention"] = fusion.fused_ops.get("Attention", 0)
     for key in ("fidelity_reduce_range", "fidelity_full_range", "fidelity_static",
                 "fidelity_dynamic", "fidelity_plain", "fidelity_equalized",
-                "fidelity_bias_corrected", "fidelity_shipped", "equalized", "bias_corrected"):
+                "fidelity_bias_corrected", "fidelity_fp32_layers", "fidelity_shipped",
+                "equalized", "bias_corrected"):
         if key in report.settings:
             metrics[key] = report.settings[key]
     if report.layers:
+        metrics["fp32_layers"] = len(report.settings.get("fp32_layers", []))
         worst = min(report.layers, key=lambda row: row.own_sqnr_db)
         metrics["worst_layer"] = worst.name
         metrics["worst_layer_own_sqnr_db"] = round(worst.own_sqnr_db, 2)

@@ -54,11 +54,14 @@ def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
     score = fidelity_of(quantized)
     choice.settings["fidelity_plain"] = score
     log(f"static int8, plain: fidelity to fp32 {score:.4f}")
-    if config.equalize != "off":
-        equalized, report = equalize(prepared, replace_relu6=config.equalize_relu6)
+    equalized, report = (equalize(prepared, replace_relu6=config.equalize_relu6)
+                         if config.equalize != "off" else (None, None))
+    if report is not None and not report.pairs:
+        log("cross-layer equalization: no conv pairs to equalize")
+    elif report is not None:
         candidate = requantize(equalized)
         fidelity = fidelity_of(candidate)
-        kept = bool(report.pairs) and _keep(config.equalize, fidelity, score)
+        kept = _keep(config.equalize, fidelity, score)
         choice.settings["fidelity_equalized"] = fidelity
         log(f"{report.describe()}: fidelity {fidelity:.4f} -> "
             f"{'kept' if kept else 'not kept (plain is as faithful)'}")
