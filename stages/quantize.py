@@ -188,13 +188,15 @@ def main(args, params, log):
         metrics["fused_attention"] = fusion.fused_ops.get("Attention", 0)
     for key in ("fidelity_reduce_range", "fidelity_full_range", "fidelity_static",
                 "fidelity_dynamic", "fidelity_plain", "fidelity_equalized",
-                "fidelity_bias_corrected", "fidelity_shipped", "equalized", "bias_corrected"):
+                "fidelity_bias_corrected", "fidelity_fp32_layers", "fidelity_shipped",
+                "equalized", "bias_corrected"):
         if key in report.settings:
             metrics[key] = report.settings[key]
     if report.layers:
-        worst = max(report.layers, key=lambda row: row.added_db)
+        metrics["fp32_layers"] = len(report.settings.get("fp32_layers", []))
+        worst = min(report.layers, key=lambda row: row.own_sqnr_db)
         metrics["worst_layer"] = worst.name
-        metrics["worst_layer_added_db"] = round(worst.added_db, 2)
+        metrics["worst_layer_own_sqnr_db"] = round(worst.own_sqnr_db, 2)
         metrics["lowest_layer_sqnr_db"] = round(min(row.sqnr_db for row in report.layers), 2)
     for kind in ("weight", "activation"):
         if report.worst_sqnr_db(kind) is not None:

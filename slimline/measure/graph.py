@@ -110,6 +110,16 @@ def count_macs(model: onnx.ModelProto, example: Inputs | None = None) -> int:
 
 def macs_by_kind(model: onnx.ModelProto, example: Inputs | None = None) -> dict[str, int]:
     """count_macs split into {"conv": ..., "matmul": ...} (Gemm and MatMul count as matmul)."""
+    total = {"conv": 0, "matmul": 0}
+    for kind, macs in macs_by_node(model, example).values():
+        total[kind] += macs
+    return total
+
+
+def macs_by_node(model: onnx.ModelProto,
+                 example: Inputs | None = None) -> dict[str, tuple[str, int]]:
+    """Node name (its output's where unnamed or taken) -> (kind, batch-1 MACs) for every Conv,
+    Gemm, MatMul and fused Attention whose shapes are known."""
     model = _with_batch(model, 1, example)
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
@@ -121,26 +131,27 @@ def macs_by_kind(model: onnx.ModelProto, example: Inputs | None = None) -> dict[
         if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
             shapes.setdefault(node.output[0], shapes[node.input[0]])
     _fill_contrib_shapes(model, shapes)
-    total = {"conv": 0, "matmul": 0}
+    macs = {}
     for node in model.graph.node:
         out = shapes.get(node.output[0])
+        key = node.name if node.name and node.name not in macs else node.output[0]
         if out is None:
             continue
         if node.op_type in ATTENTION_OPS:
             hidden, weight = shapes.get(node.input[0]), shapes.get(node.input[1])
             if hidden and weight:   # the q/k/v projection, then q.k^T and the weighted sum of v
                 tokens, width = int(np.prod(hidden[:-1])), weight[-1] // 3
-                total["matmul"] += (tokens * hidden[-1] * weight[-1]
-                                    + 2 * tokens * hidden[-2] * width)
+                macs[key] = ("matmul", tokens * hidden[-1] * weight[-1]
+                             + 2 * tokens * hidden[-2] * width)
             continue
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             weight = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
             if weight:
-                total["conv"] += int(np.prod(out)) * int(np.prod(weight[1:]))
+                macs[key] = ("conv", int(np.prod(out)) * int(np.prod(weight[1:])))
         elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
             left = shapes.get(node.input[0])
             if left:
                 transposed = node.op_type == "Gemm" and any(
                     a.name == "transA" and a.i for a in node.attribute)
-                total["matmul"] += int(np.prod(out)) * left[0 if transposed else -1]
-    return total
+                macs[key] = ("matmul", int(np.prod(out)) * left[0 if transposed else -1])
+    return macs

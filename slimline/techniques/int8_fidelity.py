@@ -1,7 +1,7 @@
 """Static int8 that keeps fidelity on depthwise networks: cross-layer equalization before
-calibration (equalize.py) and empirical bias correction after it (bias_correction.py), each
-kept only where it measures more faithful to fp32 on calibration examples (`auto`), and the
-per-layer int8 error of what ships (layer_error.py).
+calibration (equalize.py), empirical bias correction after it (bias_correction.py) and the
+layers adding the most int8 error (layer_error.py) left in fp32 within a MACs budget, each
+kept only where it measures more faithful to fp32 on calibration examples (`auto`).
 
 Measured on EfficientNet-Lite0 (ImageNet weights, 224 px, 435 crops of real photos, docs/
 techniques.md): bias correction took top-1 agreement with fp32 from 0.789 to 0.899 and KL from
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from slimline.config.params import QuantizeParams
-from slimline.data.splits import Split
+from slimline.data.splits import Inputs, Split
+from slimline.measure.graph import macs_by_node
 from slimline.techniques.bias_correction import correct_biases
 from slimline.techniques.equalize import equalize
 from slimline.techniques.layer_error import LayerError, layer_errors
@@ -40,22 +41,27 @@ def _keep(mode: str, candidate: float, current: float) -> bool:
 
 def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
                          calibration: Split, config: QuantizeParams, *,
-                         requantize: Callable[[onnx.ModelProto], onnx.ModelProto],
+                         requantize: Callable[..., onnx.ModelProto],
                          fidelity_of: Callable[[onnx.ModelProto], float],
                          log=print) -> FidelityChoice:
     """From the plain static QDQ graph `quantized` of `prepared`: equalize and bias-correct as
-    `config` says. `requantize`: the same static int8 of another fp32 graph; `fidelity_of`: an
-    int8 graph's fidelity to `prepared` (the original fp32: a replaced ReLU6 counts as error)."""
+    `config` says, then leave the layers adding the most error in fp32 where that is more
+    faithful. `requantize(graph, fp32_nodes=())`: the same static int8 of another fp32 graph;
+    `fidelity_of`: an int8 graph's fidelity to `prepared` (the original fp32: a replaced ReLU6
+    counts as error)."""
     layer_inputs = calibration.head(min(len(calibration), LAYER_EXAMPLES))
     choice = FidelityChoice(quantized, prepared)
     score = fidelity_of(quantized)
     choice.settings["fidelity_plain"] = score
     log(f"static int8, plain: fidelity to fp32 {score:.4f}")
-    if config.equalize != "off":
-        equalized, report = equalize(prepared, replace_relu6=config.equalize_relu6)
+    equalized, report = (equalize(prepared, replace_relu6=config.equalize_relu6)
+                         if config.equalize != "off" else (None, None))
+    if report is not None and not report.pairs:
+        log("cross-layer equalization: no conv pairs to equalize")
+    elif report is not None:
         candidate = requantize(equalized)
         fidelity = fidelity_of(candidate)
-        kept = bool(report.pairs) and _keep(config.equalize, fidelity, score)
+        kept = _keep(config.equalize, fidelity, score)
         choice.settings["fidelity_equalized"] = fidelity
         log(f"{report.describe()}: fidelity {fidelity:.4f} -> "
             f"{'kept' if kept else 'not kept (plain is as faithful)'}")
@@ -72,6 +78,40 @@ def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
         if kept:
             choice.quantized, score = candidate, fidelity
         choice.settings["bias_corrected"] = kept
-    choice.settings["fidelity_shipped"] = score
     choice.layers = layer_errors(choice.reference, choice.quantized, layer_inputs)
+    fp32_nodes = sensitive_layers(choice.reference, choice.layers, config, layer_inputs)
+    if fp32_nodes:
+        candidate = requantize(choice.reference, fp32_nodes=fp32_nodes)
+        if choice.settings.get("bias_corrected"):
+            candidate, _ = correct_biases(choice.reference, candidate, layer_inputs)
+        fidelity = fidelity_of(candidate)
+        # fp32 layers cost speed and size: a logit-cosine tie-break (< 0.001) does not pay that
+        kept = fidelity > score + 1e-3
+        choice.settings["fidelity_fp32_layers"] = fidelity
+        log(f"left in fp32 (adding the most int8 error): {', '.join(fp32_nodes)}: fidelity "
+            f"{fidelity:.4f} -> {'kept' if kept else 'not kept (no more faithful)'}")
+        if kept:
+            choice.quantized, score = candidate, fidelity
+            choice.layers = layer_errors(choice.reference, candidate, layer_inputs)
+            choice.settings["fp32_layers"] = list(fp32_nodes)
+    choice.settings["fidelity_shipped"] = score
     return choice
+
+
+def sensitive_layers(reference: onnx.ModelProto, layers: list[LayerError],
+                     config: QuantizeParams, example: Inputs) -> tuple[str, ...]:
+    """Up to config.fp32_layers layers, most added int8 error first, that together hold at
+    most config.fp32_max_macs_share of the model's MACs."""
+    if config.fp32_layers == 0 or not layers:
+        return ()
+    macs = {name: count for name, (_, count) in macs_by_node(reference, example).items()}
+    budget = config.fp32_max_macs_share * sum(macs.values())
+    chosen, spent = [], 0
+    for row in sorted(layers, key=lambda row: row.own_sqnr_db):
+        cost = macs.get(row.name)
+        if len(chosen) == config.fp32_layers:
+            break
+        if cost is not None and spent + cost <= budget:
+            chosen.append(row.name)
+            spent += cost
+    return tuple(chosen)

@@ -4,8 +4,9 @@ Runtime's qdq_loss_debug, AIMET's quant analyzer).
 
 Both graphs run with the layers' outputs (and inputs) exposed, a batch at a time, and only
 running sums are kept, so a 224-px network's activations never sit in memory together. A layer's
-SQNR counts the error it inherits; `added_db` (its input's SQNR minus its output's) is the error
-it adds itself, which is what says which layer to leave in fp32.
+SQNR counts the error it inherits; `own_sqnr_db` is the SQNR of the error it adds itself (its
+output's relative error power minus its input's, as independent errors add), which is what says
+which layer to leave in fp32.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ class LayerError:
     mean_shift: np.ndarray  # per output channel: mean(int8 - fp32), what bias correction removes
 
     @property
-    def added_db(self) -> float:
-        return self.input_sqnr_db - self.sqnr_db
+    def own_sqnr_db(self) -> float:
+        added = 10 ** (-self.sqnr_db / 10) - 10 ** (-self.input_sqnr_db / 10)
+        return min(MAX_SQNR_DB, float(-10 * np.log10(max(added, 10 ** (-MAX_SQNR_DB / 10)))))
 
 
 def _sqnr_db(signal: float, noise: float) -> float:
@@ -129,11 +131,11 @@ def layer_lines(errors: list[LayerError], worst: int) -> list[str]:
     if not errors:
         return []
     lines = [f"per-layer int8 error ({len(errors)} layers, int8 vs fp32 on the calibration "
-             f"examples; SQNR in dB, higher is better; 'adds' = the layer's input SQNR minus its "
-             f"output's):"]
-    lines += [f"  {row.name[-48:]:<48} SQNR {row.sqnr_db:5.1f}  adds {row.added_db:5.1f}"
+             f"examples; SQNR in dB, higher is better; 'own' = the SQNR of the error the layer "
+             f"adds itself):"]
+    lines += [f"  {row.name[-48:]:<48} SQNR {row.sqnr_db:5.1f}  own {row.own_sqnr_db:5.1f}"
               for row in errors]
-    ranked = sorted(errors, key=lambda row: row.added_db, reverse=True)[:worst]
+    ranked = sorted(errors, key=lambda row: row.own_sqnr_db)[:worst]
     lines.append("layers adding the most int8 error: " + ", ".join(
-        f"{row.name} ({row.added_db:.1f} dB)" for row in ranked))
+        f"{row.name} (own SQNR {row.own_sqnr_db:.1f} dB)" for row in ranked))
     return lines

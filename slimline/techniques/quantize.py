@@ -140,8 +140,10 @@ def prepare_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_static_qdq(model: onnx.ModelProto, calibration: Split, config: QuantizeParams,
-                        target: Int8Target, matmul_only: bool = False) -> onnx.ModelProto:
-    """Static int8 QDQ: activation ranges calibrated on `calibration`, weights per channel.
+                        target: Int8Target, matmul_only: bool = False,
+                        fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Static int8 QDQ: activation ranges calibrated on `calibration`, weights per channel;
+    the nodes named in `fp32_nodes` stay fp32.
 
     `matmul_only` (transformers): only MatMul (Linear layers, Gemm rewritten) gets QDQ pairs.
     Quantizing everything the quantizer can (the residual Adds, LayerNorm inputs, softmax
@@ -164,6 +166,7 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: Split, config: Quan
                         activation_type=types[target.activation_type], weight_type=QuantType.QInt8,
                         per_channel=config.per_channel, reduce_range=target.reduce_range,
                         calibrate_method=method, extra_options=extra,
+                        nodes_to_exclude=list(fp32_nodes),
                         **({"op_types_to_quantize": ["MatMul"]} if matmul_only else {}))
         return onnx.load(str(output))
 
@@ -462,7 +465,8 @@ def quantize_model(
                 f"{examples} calibration examples")
             choice = faithful_static_int8(
                 prepared, quantized, calibration, config,
-                requantize=lambda graph: quantize_static_qdq(graph, calibration, config, target),
+                requantize=lambda graph, fp32_nodes=(): quantize_static_qdq(
+                    graph, calibration, config, target, fp32_nodes=fp32_nodes),
                 fidelity_of=lambda graph: output_fidelity(prepared, {"int8": graph}, probe,
                                                           embedding=False)["int8"],
                 log=log)

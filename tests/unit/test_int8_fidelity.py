@@ -122,3 +122,25 @@ def test_relu6_pairs_are_equalized_only_the_aimet_way():
     assert len(report.pairs) > len(exact) and report.relu6_replaced > 0
     assert sum(node.op_type == "Clip" for node in aimet.graph.node) == \
         clips - report.relu6_replaced
+
+
+def test_the_layers_left_in_fp32_add_the_most_error_within_the_macs_budget(spread):
+    from slimline.measure.graph import macs_by_node
+    from slimline.techniques.int8_fidelity import sensitive_layers
+
+    model, calibration, _ = spread
+    naive, report = quantized(model, calibration, equalize="off", bias_correction="off",
+                              fp32_layers=0)
+    assert "fp32_layers" not in report.settings and "fidelity_fp32_layers" not in report.settings
+    macs = {name: count for name, (_, count) in macs_by_node(model, calibration.inputs).items()}
+    ranked = sorted(report.layers, key=lambda row: row.own_sqnr_db)
+    share = macs[ranked[0].name] / sum(macs.values())
+    assert sensitive_layers(model, report.layers,
+                            QuantizeParams(fp32_max_macs_share=share, fp32_layers=1),
+                            calibration.inputs) == (ranked[0].name,)
+    # a budget below the worst layer's share passes it by for the next one that fits
+    chosen = sensitive_layers(model, report.layers,
+                              QuantizeParams(fp32_max_macs_share=share * 0.99, fp32_layers=1),
+                              calibration.inputs)
+    assert ranked[0].name not in chosen and all(macs[name] <= share * 0.99 * sum(macs.values())
+                                                for name in chosen)
