@@ -32,6 +32,7 @@ import yaml
 
 from slimline.artifact.atomic import write_json
 from slimline.errors import SlimlineError
+from slimline.nightly import fence
 from slimline.nightly.commands import end_group_on_sigterm, run_dvc_in_process
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.retry import (
@@ -188,10 +189,12 @@ def save_run_cache_entry(workspace: Path, stage: str) -> None:
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
     policy = RetryPolicy.from_env()
+    fence.enter(workspace, stage)
     configure_dvc_remote(workspace, settings)
     apply_upstream(workspace, upstream)
 
     def retried(action, what: str):
+        fence.check(workspace, stage)  # a written-off try pushes nothing
         try:
             return with_retries(action, f"{what} with {settings.where}", policy,
                                 lambda line: print(line, flush=True))
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     except StepError as exc:
         print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
+    except fence.WrittenOff as exc:
+        print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILED)
     except SlimlineError as exc:
         print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STORAGE if str(exc).startswith("storage") else EXIT_BAD_INPUT)

@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import (
 )
 
 from slimline.errors import SlimlineError
+from slimline.nightly import fence
 from slimline.nightly.config import NightlyConfig
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
@@ -147,22 +148,26 @@ def _workspace_for(context, config: NightlyConfig):
     )
 
 
-def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace) -> None:
+def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace, ti) -> None:
     settings = storage_settings(config)
     runner = get_runner(_runner_name(config))
-    job = Job(task=task, module_args=module_args, workspace=workspace.root, env=settings.env(),
-              secrets=settings.secrets(), log_file=workspace.task_log(task),
-              shared=(workspace.run_dir,))
+    try_id = f"{ti.try_number}:{ti.id}"
+    ended = fence.claim(workspace.root, task, try_id)
+    if ended:
+        log.warning("%s", ended)
+    job = Job(task=task, module_args=module_args, workspace=workspace.root,
+              env={**settings.env(), fence.TRY_VARIABLE: try_id}, secrets=settings.secrets(),
+              log_file=workspace.task_log(task), shared=(workspace.run_dir,))
     log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
     runner.run(job, log.info)
 
 
 def _run_or_fail(
-    config: NightlyConfig, task: str, module_args: list[str], workspace, what: str
+    config: NightlyConfig, task: str, module_args: list[str], workspace, what: str, ti
 ) -> None:
     """_run_job; a bad-input exit fails the task at once, anything else is left to retries."""
     try:
-        _run_job(config, task, module_args, workspace)
+        _run_job(config, task, module_args, workspace, ti)
     except JobFailed as exc:
         if exc.exit_code in PERMANENT_EXIT_CODES:
             raise AirflowFailException(f"{what}: {exc}") from None
@@ -189,7 +194,8 @@ def stage_task(project: str, stage: str, **context) -> dict:
     upstream_file.write_text(json.dumps([r for r in results if r]))
     result_file.unlink(missing_ok=True)
     _run_or_fail(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
-                                 "--result", str(result_file)], workspace, f"stage {stage}")
+                                 "--result", str(result_file)], workspace, f"stage {stage}",
+                 context["ti"])
     return json.loads(result_file.read_text())
 
 
@@ -217,7 +223,7 @@ def publish(project: str, **context) -> dict:
         arguments += ["--git-remote", config.git_remote]
     (workspace.run_dir / "published.json").unlink(missing_ok=True)
     try:
-        _run_job(config, "publish", arguments, workspace)
+        _run_job(config, "publish", arguments, workspace, context["ti"])
     except JobFailed as exc:
         if exc.exit_code == GATE_FAILED_EXIT_CODE:
             raise AirflowSkipException(f"publish: {exc}") from None
@@ -243,7 +249,7 @@ def search(project: str, **context) -> dict:
                  "--log", str(out / "search.log")]
     if settings.get("write_profile"):
         arguments += ["--write-profile", settings["write_profile"]]
-    _run_or_fail(config, "search", arguments, workspace, "search")
+    _run_or_fail(config, "search", arguments, workspace, "search", context["ti"])
     folder = workspace.root / out
     result = {"front": str(folder / "front.md"), "plot": str(folder / "front.png"),
               "pick": json.loads((folder / "front.json").read_text())["pick"]}

@@ -107,3 +107,24 @@ def test_a_night_that_never_started_quotes_the_last_line_of_its_output(tmp_path,
         main(["--latest", "--state-dir", str(tmp_path), "--output", str(output)])
     assert exit_code.value.code == 1
     assert capsys.readouterr().out.splitlines()[-1] == "failed:    ValueError: bad conf"
+
+
+def test_a_step_whose_try_was_written_off_after_its_repro_pushes_nothing(tmp_path, monkeypatch):
+    from slimline.nightly import fence, step
+
+    monkeypatch.setenv(fence.TRY_VARIABLE, "1:first")
+    monkeypatch.setenv("SLIMLINE_S3_BUCKET", "bucket")
+    monkeypatch.setattr(step, "configure_dvc_remote", lambda *args: None)
+    monkeypatch.setattr(step, "save_run_cache_entry", lambda *args: None)
+    fence.claim(tmp_path, "prepare", "1:first")
+    ran = []
+
+    def dvc(arguments, *args):
+        ran.append(arguments[0])
+        fence.claim(tmp_path, "prepare", "2:second")  # Airflow retried it meanwhile
+        return []
+
+    monkeypatch.setattr(step, "_dvc", dvc)
+    with pytest.raises(fence.WrittenOff):
+        step.run_step("prepare", tmp_path, [])
+    assert ran == ["repro"]

@@ -74,6 +74,8 @@ def environment(deployment: Deployment, ports: dict[str, int], secrets: Secrets,
         # and a worker that dies takes only its running task with it.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS":
+            "slimline.nightly.deployment.celery_config.CELERY_CONFIG",
     })
     return env
 
