@@ -26,6 +26,7 @@ from airflow.sdk.exceptions import (
 from slimline.errors import SlimlineError
 from slimline.nightly import fence
 from slimline.nightly.config import NightlyConfig
+from slimline.nightly.overrides import finite_numbers, normalise
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
 from slimline.nightly.storage import S3Settings, check_access
@@ -99,11 +100,12 @@ def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
     slimline_search DAG's setup."""
     config = _config(project)
     settings = context["params"] or {}
-    overrides = settings.get("overrides") or {}
     run_id = context["run_id"]
     try:
         # The run's params are the DAG's own plus every key of its conf.
         check_conf_keys(settings, context["dag"].params)
+        finite_numbers(settings)
+        overrides = normalise(settings.get("overrides"))
         revision = resolve_revision(config.repo, config.source_ref)
         params = params_with_overrides(config.repo, revision, overrides) if overrides else None
         if for_search:
