@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,6 +111,25 @@ def run_quiet(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     return result.stdout
 
 
+class DvcHints:
+    """DVC's advice to a person at a terminal ("To track the changes with git, run: git add
+    dvc.lock", "dvc config core.autostage true"): in a step, where git is publish's business, it
+    only filled every task log. `drop(line)` is True for its lines and the blank ones after."""
+
+    HINT = re.compile(r"^(To track the changes with git, run:|To enable auto staging, run:"
+                      r"|\tgit add |\tdvc config core\.autostage )")
+
+    def __init__(self):
+        self.in_hint = False
+
+    def drop(self, line: str) -> bool:
+        if self.HINT.match(line):
+            self.in_hint = True
+        elif line.strip():
+            self.in_hint = False
+        return self.in_hint
+
+
 def run_dvc_in_process(arguments: list[str], cwd: Path, on_line: Callable[[str], None],
                        secrets: list[str] = ()) -> int:
     """`dvc <arguments>` run by DVC's own CLI entry point in this process; the exit code.
@@ -128,10 +148,14 @@ def run_dvc_in_process(arguments: list[str], cwd: Path, on_line: Callable[[str],
     saved = os.dup(1), os.dup(2)
     echo = os.fdopen(os.dup(1), "w", buffering=1, errors="replace")
 
+    hints = DvcHints()
+
     def pump() -> None:
         with os.fdopen(read_end, errors="replace") as lines:
             for line in lines:
                 line = scrub(line.rstrip("\n"), list(secrets))
+                if hints.drop(line):
+                    continue
                 echo.write(line + "\n")
                 on_line(line)
 

@@ -127,11 +127,20 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
         raise TransientStorageError(reason)
     if reason:
         raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
-    errors = [line for line in output if line.startswith("ERROR")]
-    raise StepError(
-        f"dvc {verb} failed (exit {code}): {errors[-1] if errors else 'see the output above'}",
-        EXIT_FAILED,
-    )
+    raise StepError(f"dvc {verb} failed (exit {code}): {last_error(output)}", EXIT_FAILED)
+
+
+def last_error(output: list[str]) -> str:
+    """DVC's last ERROR line; one that ends in ':' with the line it announces (a lock's holder:
+    "... is being blocked by:" / "(PID 4242): dvc repro ...")."""
+    errors = [index for index, line in enumerate(output) if line.startswith("ERROR")]
+    if not errors:
+        return "see the output above"
+    line = output[errors[-1]]
+    if line.endswith(":"):
+        following = [text.strip() for text in output[errors[-1] + 1:] if text.strip()]
+        line = f"{line} {following[0]}" if following else line
+    return line
 
 
 def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> None:

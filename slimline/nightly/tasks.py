@@ -157,9 +157,13 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
     ended = fence.claim(workspace.root, task, try_id)
     if ended:
         log.warning("%s", ended)
+    # TQDM_DISABLE: a progress bar redraws itself with '\r' many times a second, which a task
+    # log turns into hundreds of lines glued to the log lines between them; the training loop
+    # writes a progress line every 30 s instead (slimline/training/loop.py).
     job = Job(task=task, module_args=module_args, workspace=workspace.root,
-              env={**settings.env(), fence.TRY_VARIABLE: try_id}, secrets=settings.secrets(),
-              log_file=workspace.task_log(task), shared=(workspace.run_dir,))
+              env={**settings.env(), fence.TRY_VARIABLE: try_id, "TQDM_DISABLE": "1"},
+              secrets=settings.secrets(), log_file=workspace.task_log(task),
+              shared=(workspace.run_dir,))
     log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
     runner.run(job, log.info)
 
@@ -171,9 +175,17 @@ def _run_or_fail(
     try:
         _run_job(config, task, module_args, workspace, ti)
     except JobFailed as exc:
+        reason = failure_line(what, str(exc))
         if exc.exit_code in PERMANENT_EXIT_CODES:
-            raise AirflowFailException(f"{what}: {exc}") from None
-        raise RuntimeError(f"{what}: {exc}") from None
+            raise AirflowFailException(reason) from None
+        raise RuntimeError(reason) from None
+
+
+def failure_line(what: str, said: str) -> str:
+    """`what` failed, and why, naming it once: the command's own last line often names it
+    already ("slimline nightly: stage prepare: ...")."""
+    said = said.removeprefix("slimline nightly: ")
+    return said if said.startswith(f"{what}:") else f"{what}: {said}"
 
 
 def _exchange_dir(workspace) -> Path:
@@ -228,9 +240,11 @@ def publish(project: str, **context) -> dict:
         _run_job(config, "publish", arguments, workspace, context["ti"])
     except JobFailed as exc:
         if exc.exit_code == GATE_FAILED_EXIT_CODE:
-            raise AirflowSkipException(f"publish: {exc}") from None
-        raise RuntimeError(f"publish: {exc}") from None
+            raise AirflowSkipException(failure_line("publish", str(exc))) from None
+        raise RuntimeError(failure_line("publish", str(exc))) from None
     published = json.loads((workspace.run_dir / "published.json").read_text())
+    # A run cleared and re-run after a failure has published: that failure is history.
+    (workspace.run_dir / "failure.json").unlink(missing_ok=True)
     log.info("published %s: report %s, comparison with the previous night %s, stage logs %s, "
              "model %s", published["tag"], published["report"], published["comparison"],
              published["stage_logs"], published["model"])
