@@ -33,11 +33,12 @@ def api_url(ports: dict[str, int]) -> str:
 
 
 def environment(deployment: Deployment, ports: dict[str, int], secrets: Secrets,
-                storage_env: dict[str, str]) -> dict[str, str]:
+                base: dict[str, str], storage_env: dict[str, str]) -> dict[str, str]:
+    """Every component's environment: `base` (the recorded one, slimline/nightly/deployment/
+    environment.py) without its own Airflow and storage settings, then the deployment's."""
     keys = secrets.keys
     database = postgres.url(ports["postgres"], keys["postgres_password"])
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(INHERITED_AWAY)}
+    env = {key: value for key, value in base.items() if not key.startswith(INHERITED_AWAY)}
     env.update(storage_env)
     env.update({
         "PATH": f"{deployment.python.parent}{os.pathsep}{env.get('PATH', '')}",
