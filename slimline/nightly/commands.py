@@ -76,10 +76,13 @@ def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
 def _abandon(process: subprocess.Popen, dead: int, grace_seconds: float) -> None:
     """A process of the try died (the worker, its task supervisor): Airflow writes the try off
     and retries it elsewhere, so nothing of this try may run on or push."""
-    print(f"slimline nightly: process {dead} of this task's try died: ending the command "
-          f"{process.pid} and this task", file=sys.stderr, flush=True)
-    _end_group(process, grace_seconds)
-    os._exit(EXIT_ABANDONED)
+    try:
+        _end_group(process, grace_seconds)
+        # Last, and allowed to fail: under Celery this goes to the task supervisor, maybe gone.
+        print(f"slimline nightly: process {dead} of this task's try died: ended the command "
+              f"{process.pid} and this task", file=sys.stderr, flush=True)
+    finally:
+        os._exit(EXIT_ABANDONED)
 
 
 def _end_group(process: subprocess.Popen, grace_seconds: float) -> None:
