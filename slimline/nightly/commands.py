@@ -44,14 +44,15 @@ def end_group_on_sigterm() -> None:
 def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
                   on_line: Callable[[str], None], secrets: list[str] = (),
                   grace_seconds: float = 20, own_group: bool = True,
-                  lives_by: Sequence[int] = ()) -> int:
+                  lives_by: Sequence[tuple[int, float]] = ()) -> int:
     """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the
     exit code.
 
     own_group: the command leads a new process group, ended as a whole if the caller is
     interrupted. Commands run by a step (dvc) stay in the step's group instead, so ending the
     step's group ends them too (see end_group_on_sigterm).
-    lives_by: the processes this caller's try lives by (lifeline.try_ancestors); when one dies,
+    lives_by: the processes this caller's try lives by, (pid, start time) pairs
+    (lifeline.own_try_ancestors); when one dies,
     the try is over: the command's group is ended and this process exits with EXIT_ABANDONED.
     """
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,

@@ -37,13 +37,21 @@ def signal_when_parent_dies(signum: int) -> bool:
     return os.getppid() == parent
 
 
+def _started_at(pid: int, started: float) -> bool:
+    try:
+        return psutil.Process(pid).create_time() == started
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _has_terminal(pid: int) -> bool:
     return psutil.Process(pid).terminal() is not None
 
 
-def try_ancestors(pid: int | None = None) -> list[int]:
+def try_ancestors(pid: int | None = None) -> list[tuple[int, float]]:
     """The ancestors of `pid` (default: this process) in its session, nearest first, up to the
-    session's leader (left out when it holds a terminal) and never PID 1."""
+    session's leader (left out when it holds a terminal) and never PID 1: (pid, start time)
+    pairs, so that a later process given the same pid is not taken for one of them."""
     pid = os.getpid() if pid is None else pid
     session = os.getsid(pid)
     chain = []
@@ -54,28 +62,43 @@ def try_ancestors(pid: int | None = None) -> list[int]:
                 break
             if parent == session and _has_terminal(parent):
                 break
-            chain.append(parent)
+            process = psutil.Process(parent)
+            chain.append((parent, process.create_time()))
             if parent == session:
                 break
-            parent = psutil.Process(parent).ppid()
+            parent = process.ppid()
         except (ProcessLookupError, psutil.NoSuchProcess):
             break
     return chain
 
 
-class Lifeline:
-    """Calls `on_death(pid)` once, from a daemon thread, when any of `pids` exits (or already
-    has). `close()` stops watching."""
+_first_seen: dict[int, list[tuple[int, float]]] = {}
 
-    def __init__(self, pids: list[int], on_death: Callable[[int], None]):
+
+def own_try_ancestors() -> list[tuple[int, float]]:
+    """try_ancestors of this process as it first asked: `airflow dags test` runs every task of a
+    night in one process, and once scripts/nightly.sh is gone (between two stages, say) the
+    next stage must not start under PID 1 as if nothing had happened."""
+    return _first_seen.setdefault(os.getpid(), try_ancestors())
+
+
+class Lifeline:
+    """Calls `on_death(pid)` once, from a daemon thread, when any of `processes` ((pid, start
+    time) pairs) exits, or already has. `close()` stops watching."""
+
+    def __init__(self, processes: list[tuple[int, float]], on_death: Callable[[int], None]):
         self.on_death = on_death
         self.stop_read, self.stop_write = os.pipe()
         self.fds: dict[int, int] = {}
         gone = None
-        for pid in pids:
+        for pid, started in processes:
             try:
-                self.fds[os.pidfd_open(pid)] = pid
+                fd = os.pidfd_open(pid)
             except ProcessLookupError:
+                gone = pid if gone is None else gone
+                continue
+            self.fds[fd] = pid
+            if not _started_at(pid, started):  # the pid is another process's now
                 gone = pid if gone is None else gone
         self.thread = threading.Thread(target=self._watch, args=(gone,), name="lifeline",
                                        daemon=True)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_streaming
-from slimline.nightly.lifeline import try_ancestors
+from slimline.nightly.lifeline import own_try_ancestors
 
 STORAGE_VARIABLES = ("SLIMLINE_S3_", "AWS_")
 # Airflow's own configuration (the metadata database's and broker's passwords, its signing keys):
@@ -82,7 +82,7 @@ class LocalRunner:
         with LogTee(job, on_line) as forward:
             code = run_streaming([self.python, "-m", *job.module_args], job.workspace,
                                  self.environment(job), forward, job.secrets,
-                                 lives_by=try_ancestors())
+                                 lives_by=own_try_ancestors())
         if code != 0:
             raise JobFailed(job.task, code, forward.last_line)
 

@@ -114,7 +114,8 @@ def test_a_killed_worker_process_ends_its_tasks_stage(worker, killed):
 def test_the_try_is_what_runs_in_the_workers_session(worker):
     from slimline.nightly.lifeline import try_ancestors
 
-    assert try_ancestors(worker["task runner"]) == [worker["supervisor"], worker["main"]]
+    chain = try_ancestors(worker["task runner"])
+    assert [pid for pid, _ in chain] == [worker["supervisor"], worker["main"]]
     # The step leads a session of its own: nothing above it is in it.
     assert try_ancestors(worker["step"]) == []
 
