@@ -157,3 +157,32 @@ def test_a_retry_ends_the_earlier_tries_command_and_fences_it_off(tmp_path, monk
         fence.check(tmp_path, "prepare")
     monkeypatch.setenv(fence.TRY_VARIABLE, "2:second")
     fence.check(tmp_path, "prepare")
+
+
+# A Celery worker's main process as the deployment configures it: it imports celery_config,
+# then forks (a pool process, Airflow's helper) and stays.
+WORKER_MAIN = """
+import os, sys, time
+import slimline.nightly.deployment.celery_config
+child = os.fork()
+if child == 0:
+    time.sleep(300)
+    os._exit(0)
+open(sys.argv[1], "w").write(str(child))
+time.sleep(300)
+"""
+
+
+def test_what_a_workers_main_process_forks_dies_with_it(tmp_path):
+    main = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WORKER_MAIN),
+                             str(tmp_path / "child.pid")],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = int(_wait_for(tmp_path / "child.pid", seconds=60))
+    try:
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        assert _gone_within([child], 10) == [], "the forked process outlived its worker"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
