@@ -6,15 +6,19 @@ so its run id, workspace and tag are predictable.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -251,12 +255,6 @@ def test_nightly_sh_stopped_while_prepare_trains_leaves_no_process_of_its_night(
                                                                                 tmp_path):
     """SIGTERM to scripts/nightly.sh alone (not its process group) while the teacher trains:
     `airflow dags test`, the step and the stage end with it. SeaweedFS stays, as documented."""
-    import contextlib
-    import signal
-    import time
-
-    import psutil
-
     state = tmp_path / "state"
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("AIRFLOW", "AWS_", "SLIMLINE_"))}
