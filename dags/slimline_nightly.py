@@ -43,9 +43,9 @@ with DAG(
         "max_retry_delay": timedelta(hours=1),
         "on_failure_callback": partial(tasks.record_failure, project=str(config.repo)),
     },
-    # A plain object: the project's checks refuse a bad key in one line (a schema here would
-    # refuse it first, printing the whole schema).
-    params={"overrides": Param({}, type="object", description=(
+    # No schema: the project's checks refuse a bad key or a non-object in one line (a schema
+    # here would refuse it first, printing the whole schema); the UI still shows a JSON field.
+    params={"overrides": Param({}, description=(
         "params.yaml overrides for this run, nested or dotted: technique knobs (numbers, booleans, "
         'choices) and target, e.g. {"prune.keep_ratio": 0.6} or {"prepare": {"train": '
         '{"epochs": 2}}}; keys naming code, files or data sources are refused'))},

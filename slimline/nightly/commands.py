@@ -1,24 +1,26 @@
 """Running a command with its output streamed line by line (to a task log, a file, or both).
 
 Output is scrubbed of secrets before anyone sees it, and the whole process group is ended when
-the caller is interrupted (an Airflow execution timeout, a kill), so no stage outlives its task.
+the caller is interrupted (an Airflow execution timeout, a kill) or when a process the caller's
+try lives by dies (slimline/nightly/lifeline.py), so no stage outlives its task.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slimline.errors import SlimlineError
+from slimline.nightly.lifeline import Lifeline, signal_when_parent_dies
 from slimline.nightly.storage import scrub
 
-PR_SET_PDEATHSIG = 1
+EXIT_ABANDONED = 75  # the try's own processes died: this one ends what it started, then itself
 
 
 def end_group_on_sigterm() -> None:
@@ -35,27 +37,29 @@ def end_group_on_sigterm() -> None:
 
     signal.signal(signal.SIGTERM, forward)
     parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request was in place
-        forward(signal.SIGTERM, None)
+    if not signal_when_parent_dies(signal.SIGTERM) and os.getppid() != parent:
+        forward(signal.SIGTERM, None)  # the parent died before the request was in place
 
 
 def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
                   on_line: Callable[[str], None], secrets: list[str] = (),
-                  grace_seconds: float = 20, own_group: bool = True) -> int:
+                  grace_seconds: float = 20, own_group: bool = True,
+                  lives_by: Sequence[tuple[int, float]] = ()) -> int:
     """Run `command`, hand every output line (stdout and stderr, in order) to on_line; return the
     exit code.
 
     own_group: the command leads a new process group, ended as a whole if the caller is
     interrupted. Commands run by a step (dvc) stay in the step's group instead, so ending the
     step's group ends them too (see end_group_on_sigterm).
+    lives_by: the processes this caller's try lives by, (pid, start time) pairs
+    (lifeline.own_try_ancestors); when one dies,
+    the try is over: the command's group is ended and this process exits with EXIT_ABANDONED.
     """
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                errors="replace", bufsize=1, start_new_session=own_group)
+    watch = (Lifeline(list(lives_by), lambda pid: _abandon(process, pid, grace_seconds))
+             if lives_by else None)
     try:
         for line in process.stdout:
             on_line(scrub(line.rstrip("\n"), list(secrets)))
@@ -65,7 +69,21 @@ def run_streaming(command: list[str], cwd: Path, env: dict[str, str],
             _end_group(process, grace_seconds)
         raise
     finally:
+        if watch:
+            watch.close()
         process.stdout.close()
+
+
+def _abandon(process: subprocess.Popen, dead: int, grace_seconds: float) -> None:
+    """A process of the try died (the worker, its task supervisor): Airflow writes the try off
+    and retries it elsewhere, so nothing of this try may run on or push."""
+    try:
+        _end_group(process, grace_seconds)
+        # Last, and allowed to fail: under Celery this goes to the task supervisor, maybe gone.
+        print(f"slimline nightly: process {dead} of this task's try died: ended the command "
+              f"{process.pid} and this task", file=sys.stderr, flush=True)
+    finally:
+        os._exit(EXIT_ABANDONED)
 
 
 def _end_group(process: subprocess.Popen, grace_seconds: float) -> None:
@@ -97,6 +115,25 @@ def run_quiet(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     return result.stdout
 
 
+class DvcHints:
+    """DVC's advice to a person at a terminal ("To track the changes with git, run: git add
+    dvc.lock", "dvc config core.autostage true"): in a step, where git is publish's business, it
+    only filled every task log. `drop(line)` is True for its lines and the blank ones after."""
+
+    HINT = re.compile(r"^(To track the changes with git, run:|To enable auto staging, run:"
+                      r"|\tgit add |\tdvc config core\.autostage )")
+
+    def __init__(self):
+        self.in_hint = False
+
+    def drop(self, line: str) -> bool:
+        if self.HINT.match(line):
+            self.in_hint = True
+        elif line.strip():
+            self.in_hint = False
+        return self.in_hint
+
+
 def run_dvc_in_process(arguments: list[str], cwd: Path, on_line: Callable[[str], None],
                        secrets: list[str] = ()) -> int:
     """`dvc <arguments>` run by DVC's own CLI entry point in this process; the exit code.
@@ -115,10 +152,14 @@ def run_dvc_in_process(arguments: list[str], cwd: Path, on_line: Callable[[str],
     saved = os.dup(1), os.dup(2)
     echo = os.fdopen(os.dup(1), "w", buffering=1, errors="replace")
 
+    hints = DvcHints()
+
     def pump() -> None:
         with os.fdopen(read_end, errors="replace") as lines:
             for line in lines:
                 line = scrub(line.rstrip("\n"), list(secrets))
+                if hints.drop(line):
+                    continue
                 echo.write(line + "\n")
                 on_line(line)
 

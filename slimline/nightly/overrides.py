@@ -12,20 +12,27 @@ an allow-list derived from the params schema:
   `data.text.pairs`), a source switch (`data.source`, `model.source`) and every other free-form
   string or mapping (column names, array keys).
 
-The deployment (never the conf) can allow more keys: SLIMLINE_OVERRIDES_ALLOW holds
-comma-separated dotted keys or fnmatch patterns, e.g. "data.text.text_column,model.task".
+Every knob a trigger may set is bounded (slimline/nightly/bounds.py): a number at most its bound,
+a list or mapping at most its length, so a conf cannot hold a worker for hours
+(`prepare.train.epochs: 100000000`). The deployment (never the conf) sets the bounds in
+SLIMLINE_OVERRIDES_BOUNDS and can allow more keys in SLIMLINE_OVERRIDES_ALLOW (comma-separated
+dotted keys or fnmatch patterns, e.g. "data.text.text_column,model.task").
 
 Overrides are given nested or with dotted keys, or both:
 
     {"prune": {"keep_ratio": 0.6}}      {"prune.keep_ratio": 0.6, "model.widths": [8, 16, 32]}
 
-Mappings merge key by key; anything else replaces the value. The merged result goes through
-slimline.config.load.parse_params, so a wrong type or an out-of-range value stops the run before any
-work with the same one-line message a bad params.yaml gives.
+`normalise` is the one reading of a conf's overrides, shared by the cluster policy and the
+tasks: a knob given twice (nested and dotted) is refused rather than resolved by key order, which
+the database storing the conf does not keep, so the value checked is the value applied. NaN and
+Infinity are refused too. The merged result goes through slimline.config.load.parse_params, so a
+wrong type or an out-of-range value stops the run before any work with the same one-line message a
+bad params.yaml gives.
 """
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import types
 import typing
@@ -39,6 +46,7 @@ from slimline.config.load import parse_params
 from slimline.config.params import Params, deep_merge
 from slimline.config.profiles import PROFILE_NAME, available_profiles
 from slimline.errors import SlimlineError
+from slimline.nightly.bounds import check_bound
 
 SOURCE = "run overrides"
 ALLOW_VARIABLE = "SLIMLINE_OVERRIDES_ALLOW"
@@ -111,23 +119,53 @@ def deployment_allow(env: dict | None = None) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def _nest(overrides: dict) -> dict:
+def _merge_once(into: dict, addition: dict, prefix: str) -> None:
+    """Merge `addition` into `into`, refusing any key both set (whichever came first)."""
+    for name, value in addition.items():
+        key = f"{prefix}{name}"
+        if name not in into:
+            into[name] = value
+        elif isinstance(into[name], dict) and isinstance(value, dict):
+            _merge_once(into[name], value, f"{key}.")
+        else:
+            raise SlimlineError(f"{SOURCE}: {key} is given twice (dotted and nested, or "
+                                "repeated): give each knob once")
+
+
+def _nest(overrides: dict, prefix: str = "") -> dict:
     nested: dict = {}
     for key, value in overrides.items():
         if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-            raise SlimlineError(f"{SOURCE}: '{key}' is not a params key (use section.key)")
-        *parents, leaf = key.split(".")
-        target = nested
-        for part in parents:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise SlimlineError(f"{SOURCE}: '{key}' conflicts with another override")
-        value = _nest(value) if isinstance(value, dict) else value
-        if isinstance(target.get(leaf), dict) and isinstance(value, dict):
-            target[leaf] = deep_merge(target[leaf], value)
+            raise SlimlineError(f"{SOURCE}: '{prefix}{key}' is not a params key (use section.key)")
+        if isinstance(value, dict):
+            value = _nest(value, f"{prefix}{key}.")
         else:
-            target[leaf] = value
+            finite_numbers(value, f"{SOURCE}: {prefix}{key}")
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        _merge_once(nested, value, prefix)
     return nested
+
+
+def normalise(overrides) -> dict:
+    """A conf's overrides as one nested mapping: the one reading the policy checks and the
+    tasks apply (SlimlineError, one line, for a non-mapping, a knob given twice, NaN)."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise SlimlineError(f"{SOURCE}: overrides must be a JSON object of params "
+                            f'(e.g. {{"prune.keep_ratio": 0.6}}), not {type(overrides).__name__}')
+    return _nest(overrides)
+
+
+def finite_numbers(value, where: str = "conf") -> None:
+    """Refuse NaN and Infinity anywhere in a conf (PostgreSQL cannot store them in JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SlimlineError(f"{where} = {value} is refused: a number must be finite")
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        finite_numbers(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
 
 
 def _set_keys(nested: dict, prefix: str = "") -> list[str]:
@@ -144,11 +182,20 @@ def _set_keys(nested: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _value_at(nested: dict, key: str):
+    for part in key.split("."):
+        nested = nested[part]
+    return nested
+
+
 def check_allowed(nested: dict, profiles: list[str], allow: list[str] | None = None) -> None:
-    """Refuse (SlimlineError, one line) the first key a trigger may not set."""
+    """Refuse (SlimlineError, one line) the first key a trigger may not set, or sets beyond its
+    bound."""
     allow = deployment_allow() if allow is None else allow
     policy = refusals()
     for key in _set_keys(nested):
+        if key != "target":
+            check_bound(SOURCE, key, _value_at(nested, key))
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in allow):
             continue
         if key == "target":
@@ -182,13 +229,7 @@ def check_target(name, profiles: list[str]) -> None:
 def merge_overrides(params: dict, overrides: dict | None, profiles_dir: Path | None = None) -> dict:
     """params.yaml's mapping with a trigger's overrides applied, checked against the allow-list
     and validated (a `target` is folded in from `profiles_dir`); raises SlimlineError."""
-    if overrides is None:
-        overrides = {}
-    if not isinstance(overrides, dict):
-        raise SlimlineError(
-            f"{SOURCE}: expected a mapping of params, got {type(overrides).__name__}"
-        )
-    nested = _nest(overrides)
+    nested = normalise(overrides)
     check_allowed(nested, available_profiles(profiles_dir) if profiles_dir else [])
     merged = deep_merge(params or {}, nested)
     parse_params(merged, SOURCE, profiles_dir)

@@ -12,11 +12,18 @@ Airflow calls a task_instance_mutation_hook only from airflow_local_settings.py 
 entry point is registered but never called when the run's task instances are created), so
 `install(AIRFLOW_HOME)` writes that file; `bash scripts/airflow.sh up` does it for its deployment,
 elsewhere run `python -m slimline.nightly.policy "$AIRFLOW_HOME"` once.
+
+Airflow stores the run before it creates its task instances, and PostgreSQL refuses NaN and
+Infinity in a JSON column (the REST API answered 422 "Value rejected by database"): importing this
+module also installs a check of every new run's conf for them, just before it is stored.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from slimline.errors import SlimlineError
 
@@ -50,15 +57,38 @@ def task_instance_mutation_hook(task_instance, dag_run) -> None:
 def check_run_conf(conf: dict, accepted: list[str], project: Path) -> None:
     """The conf's keys against the DAG's params, its overrides against the revision a run of
     `project` would build now (setup_workspace checks them again at the run's own revision)."""
+    from slimline.nightly.bounds import check_bound
     from slimline.nightly.config import NightlyConfig
+    from slimline.nightly.overrides import SOURCE
     from slimline.nightly.trigger import check_conf_keys, params_with_overrides
     from slimline.nightly.workspace import resolve_revision
 
     check_conf_keys(conf, accepted)
-    if conf.get("overrides"):
+    for key, value in conf.items():
+        if key != "overrides":  # the search DAG's own: minutes, max_trials
+            check_bound(SOURCE, key, value)
+    if "overrides" in conf:
         config = NightlyConfig.from_env(default_repo=project)
         params_with_overrides(config.repo, resolve_revision(config.repo, config.source_ref),
                               conf["overrides"])
+
+
+def refuse_non_finite_confs(session, flush_context, instances) -> None:
+    """Before a new run is stored: one line for NaN or Infinity in its conf, not the database's
+    error (for every DAG: PostgreSQL could not store it for any)."""
+    for instance in session.new:
+        if type(instance).__name__ == "DagRun" and instance.conf:
+            from slimline.nightly.overrides import finite_numbers
+
+            try:
+                finite_numbers(instance.conf)
+            except SlimlineError as exc:
+                from airflow.exceptions import ParamValidationError
+
+                raise ParamValidationError(str(exc)) from None
+
+
+event.listen(Session, "before_flush", refuse_non_finite_confs)
 
 
 def install(airflow_home: Path) -> Path:

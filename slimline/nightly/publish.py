@@ -28,6 +28,7 @@ import yaml
 
 from slimline.artifact.atomic import write_json, write_text
 from slimline.errors import SlimlineError
+from slimline.nightly import fence
 from slimline.nightly.commands import end_group_on_sigterm, run_quiet, run_streaming
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.retry import (
@@ -45,6 +46,7 @@ GATE_METRICS = Path("metrics/evaluate.json")
 COMPARISON_HEADING = "## Compared with the previous night"
 COMPARISON_TITLE = "# Slimline night over night"
 ZERO_OID = "0" * 40
+TASK = "publish"
 ATTEMPTS = 5
 
 
@@ -212,6 +214,7 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
             date: str, run_id: str, on_line: Callable[[str], None] = print,
             git_remote: str | None = None) -> Published:
     repo = workspace  # a worktree shares its repository's branches and tags
+    fence.enter(workspace, TASK)
     configure_dvc_remote(workspace, settings)
     follow_published_branch(repo, branch, git_remote)
     for _ in range(ATTEMPTS):
@@ -221,8 +224,10 @@ def publish(workspace: Path, run_dir: Path, settings: S3Settings, *, branch: str
         comparison = write_comparison(workspace, section)
         write_text(run_dir / "comparison.md", section)
         on_line(section)
+        fence.check(workspace, TASK)  # a written-off try pushes, commits and tags nothing
         _dvc_remote(["push", "--run-cache"], workspace, settings, on_line)
         commit = _commit(workspace, previous, f"nightly {date}: run {run_id}")
+        fence.check(workspace, TASK)
         moved = subprocess.run(["git", "update-ref", "-m", f"slimline nightly {run_id}",
                                 f"refs/heads/{branch}", commit, previous or ZERO_OID],
                                cwd=repo, capture_output=True, text=True)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from slimline.errors import SlimlineError
 from slimline.nightly.commands import run_streaming
+from slimline.nightly.lifeline import own_try_ancestors
 
 STORAGE_VARIABLES = ("SLIMLINE_S3_", "AWS_")
 # Airflow's own configuration (the metadata database's and broker's passwords, its signing keys):
@@ -53,7 +54,9 @@ class Runner(Protocol):
 
 class LocalRunner:
     """A subprocess in the project's environment: its Python, and that Python's bin folder first
-    on PATH so the stage commands' `python` and `dvc` are the project's too."""
+    on PATH so the stage commands' `python` and `dvc` are the project's too. It lives only as
+    long as the task's try: if the worker or the task supervisor above this process dies, it is
+    ended, and this process with it (slimline/nightly/lifeline.py)."""
 
     name = "local"
 
@@ -78,7 +81,8 @@ class LocalRunner:
     def run(self, job: Job, on_line: Callable[[str], None]) -> None:
         with LogTee(job, on_line) as forward:
             code = run_streaming([self.python, "-m", *job.module_args], job.workspace,
-                                 self.environment(job), forward, job.secrets)
+                                 self.environment(job), forward, job.secrets,
+                                 lives_by=own_try_ancestors())
         if code != 0:
             raise JobFailed(job.task, code, forward.last_line)
 

@@ -32,6 +32,7 @@ import yaml
 
 from slimline.artifact.atomic import write_json
 from slimline.errors import SlimlineError
+from slimline.nightly import fence
 from slimline.nightly.commands import end_group_on_sigterm, run_dvc_in_process
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.retry import (
@@ -126,11 +127,20 @@ def _dvc(arguments: list[str], workspace: Path, settings: S3Settings) -> list[st
         raise TransientStorageError(reason)
     if reason:
         raise StepError(f"dvc {verb} with {settings.where} failed: {reason}", EXIT_STORAGE)
-    errors = [line for line in output if line.startswith("ERROR")]
-    raise StepError(
-        f"dvc {verb} failed (exit {code}): {errors[-1] if errors else 'see the output above'}",
-        EXIT_FAILED,
-    )
+    raise StepError(f"dvc {verb} failed (exit {code}): {last_error(output)}", EXIT_FAILED)
+
+
+def last_error(output: list[str]) -> str:
+    """DVC's last ERROR line; one that ends in ':' with the line it announces (a lock's holder:
+    "... is being blocked by:" / "(PID 4242): dvc repro ...")."""
+    errors = [index for index, line in enumerate(output) if line.startswith("ERROR")]
+    if not errors:
+        return "see the output above"
+    line = output[errors[-1]]
+    if line.endswith(":"):
+        following = [text.strip() for text in output[errors[-1] + 1:] if text.strip()]
+        line = f"{line} {following[0]}" if following else line
+    return line
 
 
 def push_uncached_outputs(workspace: Path, stage: str, settings: S3Settings) -> None:
@@ -188,10 +198,12 @@ def save_run_cache_entry(workspace: Path, stage: str) -> None:
 def run_step(stage: str, workspace: Path, upstream: list[dict]) -> dict:
     settings = S3Settings.from_env()
     policy = RetryPolicy.from_env()
+    fence.enter(workspace, stage)
     configure_dvc_remote(workspace, settings)
     apply_upstream(workspace, upstream)
 
     def retried(action, what: str):
+        fence.check(workspace, stage)  # a written-off try pushes nothing
         try:
             return with_retries(action, f"{what} with {settings.where}", policy,
                                 lambda line: print(line, flush=True))
@@ -227,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     except StepError as exc:
         print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
+    except fence.WrittenOff as exc:
+        print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILED)
     except SlimlineError as exc:
         print(f"slimline nightly: stage {args.stage}: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STORAGE if str(exc).startswith("storage") else EXIT_BAD_INPUT)

@@ -24,7 +24,9 @@ from airflow.sdk.exceptions import (
 )
 
 from slimline.errors import SlimlineError
+from slimline.nightly import fence
 from slimline.nightly.config import NightlyConfig
+from slimline.nightly.overrides import finite_numbers, normalise
 from slimline.nightly.pipeline import load_pipeline
 from slimline.nightly.runner import Job, JobFailed, get_runner
 from slimline.nightly.storage import S3Settings, check_access
@@ -98,11 +100,12 @@ def setup_workspace(project: str, for_search: bool = False, **context) -> dict:
     slimline_search DAG's setup."""
     config = _config(project)
     settings = context["params"] or {}
-    overrides = settings.get("overrides") or {}
     run_id = context["run_id"]
     try:
         # The run's params are the DAG's own plus every key of its conf.
         check_conf_keys(settings, context["dag"].params)
+        finite_numbers(settings)
+        overrides = normalise(settings.get("overrides"))
         revision = resolve_revision(config.repo, config.source_ref)
         params = params_with_overrides(config.repo, revision, overrides) if overrides else None
         if for_search:
@@ -147,10 +150,18 @@ def _workspace_for(context, config: NightlyConfig):
     )
 
 
-def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace) -> None:
+def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace, ti) -> None:
     settings = storage_settings(config)
     runner = get_runner(_runner_name(config))
-    job = Job(task=task, module_args=module_args, workspace=workspace.root, env=settings.env(),
+    try_id = f"{ti.try_number}:{ti.id}"
+    ended = fence.claim(workspace.root, task, try_id)
+    if ended:
+        log.warning("%s", ended)
+    # TQDM_DISABLE: a progress bar redraws itself with '\r' many times a second, which a task
+    # log turns into hundreds of lines glued to the log lines between them; the training loop
+    # writes a progress line every 30 s instead (slimline/training/loop.py).
+    job = Job(task=task, module_args=module_args, workspace=workspace.root,
+              env={**settings.env(), fence.TRY_VARIABLE: try_id, "TQDM_DISABLE": "1"},
               secrets=settings.secrets(), log_file=workspace.task_log(task),
               shared=(workspace.run_dir,))
     log.info("%s: %s runner, workspace %s, log %s", task, runner.name, workspace.root, job.log_file)
@@ -158,15 +169,23 @@ def _run_job(config: NightlyConfig, task: str, module_args: list[str], workspace
 
 
 def _run_or_fail(
-    config: NightlyConfig, task: str, module_args: list[str], workspace, what: str
+    config: NightlyConfig, task: str, module_args: list[str], workspace, what: str, ti
 ) -> None:
     """_run_job; a bad-input exit fails the task at once, anything else is left to retries."""
     try:
-        _run_job(config, task, module_args, workspace)
+        _run_job(config, task, module_args, workspace, ti)
     except JobFailed as exc:
+        reason = failure_line(what, str(exc))
         if exc.exit_code in PERMANENT_EXIT_CODES:
-            raise AirflowFailException(f"{what}: {exc}") from None
-        raise RuntimeError(f"{what}: {exc}") from None
+            raise AirflowFailException(reason) from None
+        raise RuntimeError(reason) from None
+
+
+def failure_line(what: str, said: str) -> str:
+    """`what` failed, and why, naming it once: the command's own last line often names it
+    already ("slimline nightly: stage prepare: ...")."""
+    said = said.removeprefix("slimline nightly: ")
+    return said if said.startswith(f"{what}:") else f"{what}: {said}"
 
 
 def _exchange_dir(workspace) -> Path:
@@ -189,7 +208,8 @@ def stage_task(project: str, stage: str, **context) -> dict:
     upstream_file.write_text(json.dumps([r for r in results if r]))
     result_file.unlink(missing_ok=True)
     _run_or_fail(config, stage, ["slimline.nightly.step", stage, "--upstream", str(upstream_file),
-                                 "--result", str(result_file)], workspace, f"stage {stage}")
+                                 "--result", str(result_file)], workspace, f"stage {stage}",
+                 context["ti"])
     return json.loads(result_file.read_text())
 
 
@@ -217,12 +237,14 @@ def publish(project: str, **context) -> dict:
         arguments += ["--git-remote", config.git_remote]
     (workspace.run_dir / "published.json").unlink(missing_ok=True)
     try:
-        _run_job(config, "publish", arguments, workspace)
+        _run_job(config, "publish", arguments, workspace, context["ti"])
     except JobFailed as exc:
         if exc.exit_code == GATE_FAILED_EXIT_CODE:
-            raise AirflowSkipException(f"publish: {exc}") from None
-        raise RuntimeError(f"publish: {exc}") from None
+            raise AirflowSkipException(failure_line("publish", str(exc))) from None
+        raise RuntimeError(failure_line("publish", str(exc))) from None
     published = json.loads((workspace.run_dir / "published.json").read_text())
+    # A run cleared and re-run after a failure has published: that failure is history.
+    (workspace.run_dir / "failure.json").unlink(missing_ok=True)
     log.info("published %s: report %s, comparison with the previous night %s, stage logs %s, "
              "model %s", published["tag"], published["report"], published["comparison"],
              published["stage_logs"], published["model"])
@@ -243,7 +265,7 @@ def search(project: str, **context) -> dict:
                  "--log", str(out / "search.log")]
     if settings.get("write_profile"):
         arguments += ["--write-profile", settings["write_profile"]]
-    _run_or_fail(config, "search", arguments, workspace, "search")
+    _run_or_fail(config, "search", arguments, workspace, "search", context["ti"])
     folder = workspace.root / out
     result = {"front": str(folder / "front.md"), "plot": str(folder / "front.png"),
               "pick": json.loads((folder / "front.json").read_text())["pick"]}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from slimline.config.profiles import PROFILE_NAME
 from slimline.errors import SlimlineError
+from slimline.nightly.bounds import check_bound
 from slimline.nightly.commands import run_quiet
 from slimline.nightly.overrides import SOURCE, check_target, merge_overrides
 
@@ -73,6 +74,17 @@ def check_search(repo: Path, revision: str, settings: dict) -> None:
         value = settings.get(key)
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
             raise SlimlineError(f"{SOURCE}: {key} = {value!r} is refused: a positive number")
+        check_bound(SOURCE, key, value)
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different (json keeps a repeated key's last value)."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise SlimlineError(f"{SOURCE}: {key} is given twice (dotted and nested, or "
+                                "repeated): give each knob once")
+    return dict(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(argv[1]) if len(argv) > 1 else Path.cwd()
     try:
         try:
-            overrides = json.loads(argv[0] if argv else "{}")
+            overrides = json.loads(argv[0] if argv else "{}", object_pairs_hook=_once)
         except json.JSONDecodeError as exc:
             raise SlimlineError(f"{SOURCE}: not valid JSON ({exc})") from None
         params_with_overrides(repo, resolve_revision(repo), overrides)

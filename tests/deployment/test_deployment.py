@@ -10,8 +10,11 @@ evening in order:
   the schedule fires by itself: the first night is the scheduler's, exactly one run
   a worker is SIGKILLed while that night trains: the task is retried on the other worker, the
     night publishes, the bucket holds nothing half-written
-  a night triggered through the REST API with overrides: both workers, the prune stage's own log
-    lines through the API, the night tagged
+  a night triggered through the REST API with overrides; while it trains, only the main process
+    of the worker running it is killed: nothing of that try is left or pushes, the retry runs on
+    the other worker, `up` from a shell holding the read-only keys brings the worker back with the
+    deployment's own; both workers, the prune stage's own log lines through the API, one record
+    per line, the night tagged
   the same log in the UI, in headless Chromium (screenshot kept)
   down -> no process of the deployment is left
 """
@@ -32,6 +35,7 @@ import pytest
 
 from slimline.nightly.audit import audit_remote
 from slimline.nightly.deployment.processes import Processes
+from slimline.nightly.seaweed import read_env_file
 from slimline.nightly.workspace import run_key
 from tests.helpers.deployment import (
     DAG_ID,
@@ -44,7 +48,7 @@ from tests.helpers.nightly import ROOT, git, tags
 
 pytestmark = pytest.mark.slow
 
-TRAINING = "teacher 1/"                 # the prepare stage's progress line while the teacher trains
+TRAINING = "teacher: "                  # prepare names the teacher, then trains it
 TRAINED = "teacher ready in"            # ... and its line once training is over
 PRUNE_SUMMARY = "ONNX Runtime (batch 1, 1 thread, interleaved): p50"
 PRUNE_FINISHED = "stage prune finished"
@@ -74,16 +78,76 @@ def scheduled_run(deployment) -> str:
     return runs[0]["dag_run_id"]
 
 
+def _training(api, run_id: str) -> dict:
+    """prepare's task instance once its teacher is training."""
+    deadline = time.monotonic() + NIGHT_TIMEOUT
+    while True:
+        prepare = api.task_instance(run_id, "prepare")
+        if prepare["state"] == "running" and TRAINING in api.task_log(
+                run_id, "prepare", prepare["try_number"]):
+            return prepare
+        assert prepare["state"] in (None, "scheduled", "queued", "running"), prepare
+        assert time.monotonic() < deadline, "prepare never started training"
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
-def rest_night(deployment, scheduled_run) -> dict:
-    """A night triggered through the REST API, overrides in its conf, polled to its end."""
+def main_process_kill(deployment, scheduled_run) -> dict:
+    """A night triggered through the REST API, overrides in its conf; while its teacher trains,
+    SIGKILL to the main process of the worker running it, and no other (the pid `status` shows).
+    What was left of that try, when the retry ran, and `up` from a shell with read-only keys."""
     api = deployment.api()
     api.wait_for_run(scheduled_run, NIGHT_TIMEOUT)  # one active run at a time
     started = time.monotonic()
-    run_id = api.trigger({"overrides": {"prune.keep_ratio": 0.6}})
+    # Two epochs: the teacher trains again (with the first night's params it would be restored
+    # from the run cache) and for long enough to be killed in the middle.
+    run_id = api.trigger({"overrides": {"prune.keep_ratio": 0.6, "prepare.train.epochs": 2}})
+    prepare = _training(api, run_id)
+    victim = prepare["hostname"]
+    processes = Processes(deployment.folder)
+    main = processes.running(victim)
+    the_try = {pid: psutil.Process(pid).create_time() for pid in processes.session(victim)}
+    the_try.update({pid: psutil.Process(pid).create_time()
+                    for pid in _running_command(processes, "prepare")})
+    killed = time.monotonic()
+    os.kill(main, signal.SIGKILL)
+    while (left := [pid for pid, born in the_try.items() if _alive(pid, born)]) and (
+            time.monotonic() - killed < 30):
+        time.sleep(0.2)
+    left = [" ".join(psutil.Process(pid).cmdline())[:100] for pid in left]
+    gone_after = time.monotonic() - killed
+    while True:
+        retry = api.task_instance(run_id, "prepare")
+        if retry["try_number"] > prepare["try_number"] and retry["state"] == "running":
+            break
+        assert time.monotonic() - killed < 10 * HEARTBEAT_TIMEOUT_SECONDS, retry
+        time.sleep(1)
+    retried_after = time.monotonic() - killed
+    # The shell of the docs' "fetch a night's model": the read-only keys exported.
+    read_only = read_env_file(deployment.project / ".nightly" / "seaweedfs"
+                              / "credentials-readonly.env")
+    again = airflow_sh(["up"], {**deployment.env, **read_only})
     run = api.wait_for_run(run_id, NIGHT_TIMEOUT)
-    print(f"\nREST night: {time.monotonic() - started:.0f} s from the trigger to {run['state']}")
-    return run
+    print(f"\nREST night: {time.monotonic() - started:.0f} s from the trigger to {run['state']}; "
+          f"{victim}'s main process killed while prepare trained: its try gone "
+          f"{gone_after:.1f} s later, the retry running on {retry['hostname']} "
+          f"{retried_after:.0f} s after the kill")
+    return {"run": run, "victim": victim, "left": left, "gone_after": gone_after,
+            "first": prepare, "retry": retry, "up": again,
+            "first_log": api.task_log(run_id, "prepare", prepare["try_number"])}
+
+
+@pytest.fixture(scope="module")
+def rest_night(main_process_kill) -> dict:
+    return main_process_kill["run"]
+
+
+def _alive(pid: int, born: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == born and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_up_prints_the_ui_address_and_keeps_the_password_in_an_owner_only_file(deployment):
@@ -121,6 +185,16 @@ def test_a_trigger_naming_code_is_refused_by_the_rest_api_and_the_cli(deployment
         "logical_date": None, "conf": {"overrides": {"model.factory": "os:system"}}})
     assert refused.status_code == 400, refused.text
     assert len(refused.content) < 500 and "model.factory is refused" in refused.text, refused.text
+    # a night that would hold a worker for years, a knob read two ways, NaN, a string
+    for body, said in (('{"prepare.train.epochs": 100000000}', "beyond its bound"),
+                       ('{"prune.keep_ratio": 0.3, "prune": {"keep_ratio": 0.9}}', "given twice"),
+                       ('{"prune.keep_ratio": NaN}', "a number must be finite"),
+                       ('"prune.keep_ratio=0.3"', "overrides must be a JSON object")):
+        refused = api.post_text(f"/dags/{DAG_ID}/dagRuns",
+                                f'{{"logical_date": null, "conf": {{"overrides": {body}}}}}')
+        assert refused.status_code == 400, refused.text
+        assert len(refused.content) < 500 and said in refused.json()["detail"], refused.text
+        assert "\n" not in refused.json()["detail"]
     cli = deployment.script("cli", "dags", "trigger", DAG_ID, "--conf",
                             json.dumps({"overrides": {"data.path": "/etc"}}), timeout=300)
     assert cli.returncode != 0
@@ -195,15 +269,7 @@ def test_the_schedule_starts_exactly_one_run_by_itself(deployment, scheduled_run
 def test_a_worker_killed_while_training_is_replaced_by_a_retry_on_the_other_worker(
         deployment, scheduled_run):
     api = deployment.api()
-    deadline = time.monotonic() + NIGHT_TIMEOUT
-    while True:  # the scheduled night's teacher is training
-        prepare = api.task_instance(scheduled_run, "prepare")
-        if prepare["state"] == "running" and TRAINING in api.task_log(
-                scheduled_run, "prepare", prepare["try_number"]):
-            break
-        assert prepare["state"] in (None, "scheduled", "queued", "running"), prepare
-        assert time.monotonic() < deadline, "prepare never started training"
-        time.sleep(1)
+    prepare = _training(api, scheduled_run)
     victim = prepare["hostname"]
     processes = Processes(deployment.folder)
     doomed = {pid: psutil.Process(pid).create_time() for pid in processes.session(victim)}
@@ -242,6 +308,24 @@ def test_a_worker_killed_while_training_is_replaced_by_a_retry_on_the_other_work
           f"{audit.summary()}")
 
 
+def test_killing_only_a_workers_main_process_ends_its_try_and_the_night_publishes(
+        deployment, main_process_kill):
+    kill = main_process_kill
+    assert kill["left"] == [], f"left of the killed try after {kill['gone_after']:.0f} s"
+    assert kill["retry"]["hostname"] != kill["victim"]
+    assert TRAINED not in kill["first_log"]            # killed in the middle of training
+    assert "$ dvc push" not in kill["first_log"]       # and it pushed nothing
+    up = kill["up"]
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert f"{kill['victim']}: ready" in up.stdout
+    assert "ignoring this shell's AWS_ACCESS_KEY_ID" in up.stdout
+    assert kill["run"]["state"] == "success"
+    # every task after prepare pushed at its first try, on whichever worker: no read-only keys
+    tries = {task: ti["try_number"] for task, ti in deployment.api().task_instances(
+        kill["run"]["dag_run_id"]).items()}
+    assert {task: count for task, count in tries.items() if task != "prepare" and count > 1} == {}
+
+
 def test_a_night_triggered_through_the_rest_api_runs_on_both_workers_and_is_tagged(
         deployment, rest_night):
     api = deployment.api()
@@ -252,6 +336,8 @@ def test_a_night_triggered_through_the_rest_api_runs_on_both_workers_and_is_tagg
     assert {ti["hostname"] for ti in instances.values()} == {"worker1", "worker2"}
     prune = api.task_log(run_id, "prune", instances["prune"]["try_number"])
     assert PRUNE_SUMMARY in prune and PRUNE_FINISHED in prune  # the stage's own lines
+    # one record per line: no progress bar's frames, none glued to a record; no DVC git advice
+    assert "it/s]" not in prune and "s/it]" not in prune and "git add dvc.lock" not in prune
     assert "keep ratio 0.6" in prune                             # the trigger's override
     published = json.loads((deployment.project / ".nightly" / "runs" / run_key(run_id)
                             / "published.json").read_text())

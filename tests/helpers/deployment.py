@@ -66,6 +66,11 @@ class Api:
     def post(self, path: str, body: dict):
         return self.session.post(f"{self.url}/api/v2{path}", json=body, timeout=60)
 
+    def post_text(self, path: str, body: str):
+        """A body as a client may write it, NaN included (JSON itself has no NaN)."""
+        return self.session.post(f"{self.url}/api/v2{path}", data=body, timeout=60,
+                                 headers={"Content-Type": "application/json"})
+
     def trigger(self, conf: dict) -> str:
         # Airflow 3: logical_date is required, and null means "now, as a manual run".
         reply = self.post(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})

@@ -6,15 +6,19 @@ so its run id, workspace and tag are predictable.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -244,6 +248,45 @@ def test_nightly_sh_ends_a_failed_night_with_the_task_its_error_and_the_storage_
     assert left_running is not None
     assert (f"seaweedfs: still running; stop it with: .venv/bin/python -m slimline.nightly.seaweed "
             f"stop --dir {state / 'seaweedfs'}") in done.stdout, lines[-6:]
+
+
+
+def test_nightly_sh_stopped_while_prepare_trains_leaves_no_process_of_its_night(project,
+                                                                                tmp_path):
+    """SIGTERM to scripts/nightly.sh alone (not its process group) while the teacher trains:
+    `airflow dags test`, the step and the stage end with it. SeaweedFS stays, as documented."""
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AIRFLOW", "AWS_", "SLIMLINE_"))}
+    env.update(SLIMLINE_REPO=str(project), SLIMLINE_STATE_DIR=str(state), SLIMLINE_S3_PORT="0")
+    night = subprocess.Popen(["bash", "scripts/nightly.sh", '{"prepare.train.epochs": 20}'],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def of_the_night() -> list[psutil.Process]:
+        try:
+            below = psutil.Process(night.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [process for process in below if "weed" not in " ".join(process.cmdline())]
+
+    doomed = []
+    try:
+        deadline = time.monotonic() + 600
+        while not any("stages.prepare" in " ".join(process.cmdline())
+                      for process in of_the_night()):
+            assert night.poll() is None and time.monotonic() < deadline, "prepare never ran"
+            time.sleep(0.5)
+        doomed = of_the_night()
+        os.kill(night.pid, signal.SIGTERM)
+        _, left = psutil.wait_procs(doomed, timeout=30)
+        assert left == [], [" ".join(process.cmdline())[:100] for process in left]
+    finally:
+        for process in [*doomed, *of_the_night()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        night.wait()
+        seaweed.stop(state / "seaweedfs")
 
 
 # Fast checks of the pieces, without Airflow or storage.

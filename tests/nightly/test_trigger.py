@@ -62,8 +62,9 @@ def test_the_dags_setup_task_refuses_every_class_before_any_work(tmp_path):
 
 
 def test_airflow_dags_test_refuses_a_bad_conf_in_one_line_before_the_run_exists(tmp_path):
-    """The cluster policy, in Airflow's own transaction that creates the run: a bare key and a
-    code-naming override each end `airflow dags test` with one line, before any task."""
+    """The cluster policy, in Airflow's own transaction that creates the run: a bare key, a
+    code-naming override, a non-object, NaN and epochs beyond their bound each end `airflow dags
+    test` with one line, before any task."""
     marker = tmp_path / "marker"
     home = tmp_path / "airflow"
     env = {key: value for key, value in os.environ.items()
@@ -83,7 +84,14 @@ def test_airflow_dags_test_refuses_a_bad_conf_in_one_line_before_the_run_exists(
             ({"model.factory": "os:system"}, "ParamValidationError: conf key 'model.factory' is "
                                              'not accepted: put overrides under {"overrides"'),
             ({"overrides": refused("code", marker)},
-             f"ParamValidationError: run overrides: {REFUSED['code'][1]}")):
+             f"ParamValidationError: run overrides: {REFUSED['code'][1]}"),
+            # Airflow's own schema would print itself; the database would refuse NaN.
+            ({"overrides": "prune.keep_ratio=0.3"},
+             "ParamValidationError: run overrides: overrides must be a JSON object"),
+            ({"overrides": {"prune.keep_ratio": float("nan")}},
+             "ParamValidationError: conf.overrides.prune.keep_ratio = nan is refused"),
+            ({"overrides": {"prepare.train.epochs": 100000000}},
+             "ParamValidationError: run overrides: prepare.train.epochs = 100000000 is refused")):
         done = subprocess.run(
             ["airflow", "dags", "test", "slimline_nightly", "--conf", json.dumps(conf)],
             env=env,

@@ -131,3 +131,36 @@ def test_a_failed_up_stops_what_it_started_and_names_what_ran_before(tmp_path, m
         "still running, as before this up: worker2 (`bash scripts/airflow.sh down` stops them)")
     processes.stop("worker2", grace=5)
     assert control.after_failed_up(deployment) == "nothing of the deployment runs"
+
+
+READ_ONLY = {"SLIMLINE_S3_ENDPOINT": "http://127.0.0.1:8333", "SLIMLINE_S3_BUCKET": "slimline",
+             "AWS_ACCESS_KEY_ID": "read-only-id", "AWS_SECRET_ACCESS_KEY": "read-only-secret"}
+
+
+def test_up_restarts_a_worker_in_the_recorded_environment_not_the_callers(tmp_path):
+    from slimline.nightly.deployment import environment
+
+    deployment = _deployment(tmp_path)
+    environment.record(deployment, {"PATH": "/usr/bin", "SLIMLINE_RETRIES": "2"})
+    said = []
+    # The shell that fetched a model: its read-only keys, another retry count.
+    env = environment.restore(deployment, {"PATH": "/usr/bin", "SLIMLINE_RETRIES": "9",
+                                           **READ_ONLY}, said.append)
+    assert env == {"PATH": "/usr/bin", "SLIMLINE_RETRIES": "2"}
+    assert len(said) == 1 and "ignoring this shell's AWS_ACCESS_KEY_ID" in said[0]
+    assert "read-only" not in (deployment.secrets_dir / environment.RECORD).read_text()
+    assert stat.S_IMODE((deployment.secrets_dir / environment.RECORD).stat().st_mode) == 0o600
+
+
+def test_a_deployment_on_its_own_storage_refuses_a_shell_with_other_keys(tmp_path):
+    from slimline.nightly.deployment import environment
+
+    deployment = _deployment(tmp_path)
+    own = {**READ_ONLY, "AWS_ACCESS_KEY_ID": "writer", "AWS_SECRET_ACCESS_KEY": "writer-secret"}
+    environment.record(deployment, {"PATH": "/usr/bin", **own})
+    assert "writer-secret" not in (deployment.secrets_dir / environment.RECORD).read_text()
+    assert environment.restore(deployment, {"PATH": "/bin", **own}, print) == {
+        "PATH": "/usr/bin", **own}
+    with pytest.raises(SlimlineError, match="^this shell's storage settings .* are not the ones "
+                                            "the running deployment started with; run up"):
+        environment.restore(deployment, {"PATH": "/usr/bin", **READ_ONLY}, print)

@@ -107,3 +107,73 @@ def test_a_night_that_never_started_quotes_the_last_line_of_its_output(tmp_path,
         main(["--latest", "--state-dir", str(tmp_path), "--output", str(output)])
     assert exit_code.value.code == 1
     assert capsys.readouterr().out.splitlines()[-1] == "failed:    ValueError: bad conf"
+
+
+def test_a_step_whose_try_was_written_off_after_its_repro_pushes_nothing(tmp_path, monkeypatch):
+    from slimline.nightly import fence, step
+
+    monkeypatch.setenv(fence.TRY_VARIABLE, "1:first")
+    monkeypatch.setenv("SLIMLINE_S3_BUCKET", "bucket")
+    monkeypatch.setattr(step, "configure_dvc_remote", lambda *args: None)
+    monkeypatch.setattr(step, "save_run_cache_entry", lambda *args: None)
+    fence.claim(tmp_path, "prepare", "1:first")
+    ran = []
+
+    def dvc(arguments, *args):
+        ran.append(arguments[0])
+        fence.claim(tmp_path, "prepare", "2:second")  # Airflow retried it meanwhile
+        return []
+
+    monkeypatch.setattr(step, "_dvc", dvc)
+    with pytest.raises(fence.WrittenOff):
+        step.run_step("prepare", tmp_path, [])
+    assert ran == ["repro"]
+
+
+def test_a_failure_line_names_the_stage_once_and_a_locks_holder():
+    from slimline.nightly.step import last_error
+    from slimline.nightly.tasks import failure_line
+
+    output = ["Running stage 'prepare':",
+              "ERROR: failed to reproduce 'prepare': 'metrics/prepare.json' is busy, it is being "
+              "blocked by:", "  (PID 4242): dvc repro --pull --single-item prepare", "",
+              "If there are no processes with such PIDs, you can manually remove '.dvc/tmp/rwlock'"
+              " and try again."]
+    said = f"slimline nightly: stage prepare: dvc repro failed (exit 1): {last_error(output)}"
+    line = failure_line("stage prepare", said)
+    assert line.count("stage prepare") == 1 and line.startswith("stage prepare: dvc repro failed")
+    assert line.endswith("is being blocked by: (PID 4242): dvc repro --pull --single-item prepare")
+    assert failure_line("publish", "push refused") == "publish: push refused"
+
+
+def test_dvcs_git_hints_are_not_relayed():
+    from slimline.nightly.commands import DvcHints
+
+    hints = DvcHints()
+    output = ["Updating lock file 'dvc.lock'", "", "To track the changes with git, run:", "",
+              "\tgit add dvc.lock", "", "To enable auto staging, run:", "",
+              "\tdvc config core.autostage true", "stage prepare finished in 3.1 s"]
+    kept = [line for line in output if not hints.drop(line)]
+    assert kept == ["Updating lock file 'dvc.lock'", "", "stage prepare finished in 3.1 s"]
+
+
+def test_a_run_that_publishes_after_a_failure_drops_its_failure_record(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from slimline.nightly import tasks
+
+    run_dir = tmp_path / "runs" / "manual"
+    (tmp_path / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: python -m stages.prepare\n")
+    run_dir.mkdir(parents=True)
+    (run_dir / "failure.json").write_text('{"task": "prepare", "try": 1, "error": "lock"}')
+    workspace = SimpleNamespace(root=tmp_path, run_dir=run_dir)
+    published = {"tag": "nightly/2026-12-04", "report": "r", "comparison": "c",
+                 "stage_logs": "l", "model": "m"}
+    monkeypatch.setattr(tasks, "_workspace_for", lambda context, config: workspace)
+    monkeypatch.setattr(tasks, "_run_job", lambda *args: (
+        run_dir / "published.json").write_text(json.dumps(published)))
+    ti = SimpleNamespace(xcom_pull=lambda task_ids: None)
+    when = SimpleNamespace(strftime=lambda form: "2026-12-04")
+    assert tasks.publish(str(tmp_path), ti=ti, run_id="manual", logical_date=when,
+                         dag_run=None) == published
+    assert not (run_dir / "failure.json").exists()

@@ -12,7 +12,8 @@ import yaml
 
 from slimline.errors import SlimlineError
 from slimline.nightly import policy
-from slimline.nightly.overrides import merge_overrides, refusals
+from slimline.nightly.bounds import BOUNDS_VARIABLE, deployment_bounds
+from slimline.nightly.overrides import merge_overrides, normalise, refusals
 from slimline.nightly.policy import check_run_conf
 from slimline.nightly.trigger import check_conf_keys
 from tests.conftest import ROOT
@@ -107,3 +108,71 @@ def test_the_policy_is_installed_once_and_never_over_a_deployments_own_settings(
     path.write_text("def dag_policy(dag):\n    pass\n")
     with pytest.raises(SlimlineError, match="exists: add this line to it: from slimline"):
         policy.install(tmp_path)
+
+
+# Each would tie up a worker or be read two ways; each is one line from the same check.
+HOSTILE = {
+    "epochs beyond the bound": ({"prepare.train.epochs": 100000000},
+                                "prepare.train.epochs = 100000000 is refused: beyond its bound"),
+    "a list beyond its length": ({"model.widths": [8] * 1000}, "model.widths has 1000 items"),
+    "dotted and nested": ({"prune.keep_ratio": 0.3, "prune": {"keep_ratio": 0.9}},
+                          "prune.keep_ratio is given twice"),
+    "nested and dotted": ({"prune": {"keep_ratio": 0.9}, "prune.keep_ratio": 0.3},
+                          "prune.keep_ratio is given twice"),
+    "dotted inside nested": ({"prepare": {"train.epochs": 2}, "prepare.train": {"epochs": 3}},
+                             "prepare.train.epochs is given twice"),
+    "NaN": ({"prune.keep_ratio": float("nan")}, "prune.keep_ratio = nan is refused: a number"),
+    "Infinity in a list": ({"data": {"preprocess": {"mean": [float("inf")]}}},
+                           "data.preprocess.mean[0] = inf is refused"),
+    "a string": ("prune.keep_ratio=0.3", "overrides must be a JSON object of params"),
+    "a list": ([{"prune.keep_ratio": 0.3}], "overrides must be a JSON object of params"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_conf_is_refused_in_one_line_by_the_policy(name):
+    overrides, fragment = HOSTILE[name]
+    with pytest.raises(SlimlineError) as refusal:
+        check_run_conf({"overrides": overrides}, ["overrides"], ROOT)
+    message = str(refusal.value)
+    assert message.startswith("run overrides: ") and "\n" not in message
+    assert fragment in message
+
+
+def test_the_value_checked_is_the_value_applied_whatever_the_key_order():
+    """PostgreSQL hands the conf back with its keys reordered: one reading either way."""
+    forms = [{"prune.keep_ratio": 0.3, "prune": {"enabled": True}},
+             {"prune": {"enabled": True}, "prune.keep_ratio": 0.3}]
+    assert normalise(forms[0]) == normalise(forms[1]) == {
+        "prune": {"keep_ratio": 0.3, "enabled": True}}
+    assert checked(forms[0])["prune"] == checked(forms[1])["prune"]
+
+
+def test_every_knob_a_trigger_may_set_has_a_bound_the_deployment_can_change(monkeypatch):
+    numbers, lengths = deployment_bounds({})
+    assert list(numbers)[-1] == "*" and list(lengths)[-1] == "*"  # none is unbounded
+    checked({"prepare.train.epochs": 100})
+    monkeypatch.setenv(BOUNDS_VARIABLE, "prepare.train.epochs=4,items:model.widths=2")
+    with pytest.raises(SlimlineError, match="prepare.train.epochs = 5 is refused: beyond its "
+                                            "bound 4"):
+        checked({"prepare": {"train": {"epochs": 5}}})
+    with pytest.raises(SlimlineError, match="model.widths has 3 items, more than its bound 2"):
+        checked({"model.widths": [8, 16, 32]})
+    checked({"prepare.train.epochs": 4, "distill.train.epochs": 50})
+    with pytest.raises(SlimlineError, match="minutes = 100000 is refused: beyond its bound"):
+        check_run_conf({"target": "phone", "minutes": 100000}, ["target", "minutes", "overrides"],
+                       ROOT)
+
+
+def test_a_non_finite_number_never_reaches_the_database():
+    from airflow.exceptions import ParamValidationError
+
+    class DagRun:
+        conf = {"overrides": {"prune.keep_ratio": float("nan")}}
+
+    class Session:
+        new = [DagRun()]
+
+    with pytest.raises(ParamValidationError, match=r"^conf.overrides.prune.keep_ratio = nan is "
+                                                   "refused: a number must be finite$"):
+        policy.refuse_non_finite_confs(Session(), None, None)

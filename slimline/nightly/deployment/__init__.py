@@ -8,7 +8,9 @@ CeleryExecutor with Redis as broker, the scheduler, the dag-processor, the api-s
   credentials passwords and keys, generated once into owner-only files, never printed
   postgres    a private PostgreSQL cluster (initdb, role, start, stop)
   broker      a private Redis, loopback only, password required
+  environment the environment its processes start in, recorded at the first `up`
   components  Airflow's processes: their environment, commands, readiness
+  celery_config Airflow's Celery settings, and pool processes that die with their worker
   hostname    the hostname_callable that tells workers on one machine apart
   airflow_cli `cli ...`: an airflow command against it, a traceback cut to its final line
 

@@ -33,11 +33,12 @@ def api_url(ports: dict[str, int]) -> str:
 
 
 def environment(deployment: Deployment, ports: dict[str, int], secrets: Secrets,
-                storage_env: dict[str, str]) -> dict[str, str]:
+                base: dict[str, str], storage_env: dict[str, str]) -> dict[str, str]:
+    """Every component's environment: `base` (the recorded one, slimline/nightly/deployment/
+    environment.py) without its own Airflow and storage settings, then the deployment's."""
     keys = secrets.keys
     database = postgres.url(ports["postgres"], keys["postgres_password"])
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(INHERITED_AWAY)}
+    env = {key: value for key, value in base.items() if not key.startswith(INHERITED_AWAY)}
     env.update(storage_env)
     env.update({
         "PATH": f"{deployment.python.parent}{os.pathsep}{env.get('PATH', '')}",
@@ -74,6 +75,8 @@ def environment(deployment: Deployment, ports: dict[str, int], secrets: Secrets,
         # and a worker that dies takes only its running task with it.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS":
+            "slimline.nightly.deployment.celery_config.CELERY_CONFIG",
     })
     return env
 

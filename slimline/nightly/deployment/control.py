@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 
 from slimline.errors import SlimlineError
 from slimline.nightly import policy, seaweed
-from slimline.nightly.deployment import airflow_cli, components, credentials
+from slimline.nightly.deployment import airflow_cli, components, credentials, environment
 from slimline.nightly.deployment.broker import Redis
 from slimline.nightly.deployment.postgres import Postgres
 from slimline.nightly.deployment.processes import MARKER, Processes, end
@@ -53,30 +53,27 @@ def _running_names(deployment: Deployment, processes: Processes) -> list[str]:
             if processes.running(name)]
 
 
-def _external_storage() -> bool:
-    return bool(os.environ.get("SLIMLINE_S3_BUCKET") or os.environ.get("SLIMLINE_S3_CONN_ID"))
-
-
-def _storage_env(deployment: Deployment, processes: Processes, start: bool) -> dict[str, str]:
-    """The S3 settings the components get: the caller's when set (SLIMLINE_S3_BUCKET or an
-    Airflow connection), else those of the embedded SeaweedFS, started here if `start`."""
-    if _external_storage():
-        return {key: value for key, value in os.environ.items()
-                if key.startswith(("SLIMLINE_S3_", "AWS_"))}
+def _storage_env(deployment: Deployment, processes: Processes, start: bool,
+                 env: dict[str, str]) -> dict[str, str]:
+    """The S3 settings the components get: those of `env` when it names a storage
+    (SLIMLINE_S3_BUCKET or an Airflow connection), else those of the embedded SeaweedFS, started
+    here if `start`."""
+    if environment.uses_own_storage(env):
+        return environment.storage_of(env)
     server = seaweed.running_server(deployment.seaweed_dir)
     if server is None and start:
-        server = seaweed.start(deployment.seaweed_dir, _seaweed_port())
+        server = seaweed.start(deployment.seaweed_dir, _seaweed_port(env))
         processes.record(SEAWEED, server.pid)
         say(f"seaweedfs: S3 at {server.endpoint}, bucket {server.bucket} (pid {server.pid})")
     return seaweed.read_env_file(server.env_file) if server else {}
 
 
-def _seaweed_port() -> int:
-    return int(os.environ.get(seaweed.PORT_VARIABLE) or seaweed.DEFAULT_PORT)
+def _seaweed_port(env: dict[str, str]) -> int:
+    return int(env.get(seaweed.PORT_VARIABLE) or seaweed.DEFAULT_PORT)
 
 
 def _check_ports(deployment: Deployment, ports: dict[str, int], database: Postgres,
-                 redis: Redis, processes: Processes) -> None:
+                 redis: Redis, processes: Processes, env: dict[str, str]) -> None:
     """Every port a component still to start needs, before anything starts: a taken one is named
     with the variable that moves it."""
     services = {"postgres": database.pid() is None, "redis": redis.pid() is None,
@@ -86,8 +83,9 @@ def _check_ports(deployment: Deployment, ports: dict[str, int], database: Postgr
             raise SlimlineError(f"{name}: port {ports[name]} on {HOST} is taken by another "
                                 f"program; choose another with {PORT_VARIABLES[name]} (0: any "
                                 "free one)")
-    if not _external_storage() and seaweed.running_server(deployment.seaweed_dir) is None:
-        seaweed.check_port(_seaweed_port())
+    if (not environment.uses_own_storage(env)
+            and seaweed.running_server(deployment.seaweed_dir) is None):
+        seaweed.check_port(_seaweed_port(env))
 
 
 def _timed(name: str, where: str, action: Callable[[], int | None]) -> None:
@@ -121,19 +119,21 @@ def _start_missing(deployment: Deployment) -> None:
     deployment.folder.mkdir(parents=True, exist_ok=True)
     deployment.folder.chmod(0o711)  # PostgreSQL's own user passes through, and lists nothing
     secrets = credentials.ensure(deployment)
-    ports = (saved_ports(deployment) if _running_names(deployment, processes)
-             else choose_ports(deployment))
-    _check_ports(deployment, ports, database, redis, processes)
-    policy.install(deployment.home)
+    running = _running_names(deployment, processes)
     # Everything started from here carries the marker, the SeaweedFS server below included.
     os.environ[MARKER] = str(deployment.folder)
-    base_env = dict(os.environ)
+    # What runs already started in the recorded environment; what it restarts does too.
+    base_env = (environment.restore(deployment, dict(os.environ), say) if running
+                else environment.record(deployment, dict(os.environ)))
+    ports = saved_ports(deployment) if running else choose_ports(deployment, base_env)
+    _check_ports(deployment, ports, database, redis, processes, base_env)
+    policy.install(deployment.home)
     _timed("postgres", f"{HOST}:{ports['postgres']}", lambda: database.start(
         ports["postgres"], secrets.keys["postgres_password"], base_env))
     _timed("redis", f"{HOST}:{ports['redis']}", lambda: redis.start(
         ports["redis"], secrets.keys["redis_password"], base_env))
-    env = components.environment(deployment, ports, secrets,
-                                 _storage_env(deployment, processes, start=True))
+    env = components.environment(deployment, ports, secrets, base_env,
+                                 _storage_env(deployment, processes, True, base_env))
     migrated = time.monotonic()
     if components.migrate_if_needed(deployment, env, processes.output_dir / "db-migrate.log"):
         say(f"airflow db migrate: {time.monotonic() - migrated:.1f} s")
@@ -246,6 +246,7 @@ def run_cli(deployment: Deployment, arguments: list[str]) -> int:
     if ports is None:
         raise SlimlineError("no deployment here yet: bash scripts/airflow.sh up")
     processes = Processes(deployment.folder)
-    env = components.environment(deployment, ports, credentials.ensure(deployment),
-                                 _storage_env(deployment, processes, start=False))
+    caller = dict(os.environ)
+    env = components.environment(deployment, ports, credentials.ensure(deployment), caller,
+                                 _storage_env(deployment, processes, False, caller))
     return airflow_cli.run([str(deployment.airflow), *arguments], env)
