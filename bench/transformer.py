@@ -216,7 +216,8 @@ def ort_baselines(fp32: Path, work: Path, heads: int, hidden: int) -> dict[str, 
 
 
 def measure(models: dict[str, Path], test, runs: int) -> dict[str, dict]:
-    from slimline.measure.embedding import embedding_quality, task_quality
+    from slimline.measure.embedding import embedding_quality
+    from slimline.measure.embedding_tasks import task_quality
     from slimline.measure.latency import time_interleaved
     from slimline.measure.runtime import make_session, onnx_predict_unpadded
     from slimline.measure.stats import speedup_spread

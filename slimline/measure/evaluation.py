@@ -10,7 +10,8 @@ labelled pairs, data.text.pairs), and mean / minimum cosine, recall@10, MRR and 
 correlation of pairwise similarities against the teacher (slimline/measure/embedding.py). Where
 the data allow, also what the embeddings are for, each model on its own as MTEB scores it: with
 class labels on the test texts (at least two classes), probe and k-NN accuracy; with pairs
-scored by people, the STS Spearman.
+scored by people, the STS Spearman; and each one's difference from the teacher with its interval
+(slimline/measure/embedding_tasks.py), which the gate judges.
 
 Artifacts whose model.onnx bytes equal an earlier artifact's (a disabled stage's pass-through)
 are not measured again: they share that artifact's outputs and timing, and the log says so.
@@ -31,8 +32,8 @@ from slimline.measure.embedding import (
     embedding_fidelity,
     embedding_outcomes,
     embedding_quality,
-    task_quality,
 )
+from slimline.measure.embedding_tasks import task_differences, task_outcomes, task_scores
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
 from slimline.measure.runtime import check_feeds, make_session
@@ -45,6 +46,8 @@ METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio",
                "mean_kl")
 EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "recall10", "mrr", "spearman")
 TASK_KEYS = ("probe_accuracy", "knn_accuracy", "sts_spearman")   # where the data allow them
+# Each task's difference from the teacher and its interval (the gate judges them), per task key.
+TASK_DIFF_SUFFIXES = ("_diff", "_diff_low", "_diff_high")
 TASK_NAMES = {"probe_accuracy": "probe accuracy (logistic regression, 5 folds)",
               "knn_accuracy": "k-NN accuracy (10 nearest, leave one out)",
               "sts_spearman": "STS Spearman (cosine vs human scores)"}
@@ -82,8 +85,9 @@ class Evaluation:
             if task.is_embedding:
                 metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
                 metrics.update({f"{row['name']}.{key}": row[key] for key in EMBEDDING_KEYS})
-                metrics.update({f"{row['name']}.{key}": row[key] for key in TASK_KEYS
-                                if key in row})
+                metrics.update({f"{row['name']}.{key}{suffix}": row[f"{key}{suffix}"]
+                                for key in TASK_KEYS if key in row
+                                for suffix in ("", *TASK_DIFF_SUFFIXES)})
         return metrics
 
 
@@ -146,11 +150,19 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
     outcomes, judged = _judged_outcomes(outputs, test, pair_outputs, judged_pair_labels, task)
     quality = {}
     if task.is_embedding:
+        per_item = {}
         for name in names:
             scored = (*pair_outputs[name], pair_scores) if (
                 pair_outputs and pair_scores is not None) else None
+            per_item[name] = task_outcomes(outputs[name], test.labels, scored)
             quality[name] = {**embedding_quality(outputs[reference], outputs[name]),
-                             **task_quality(outputs[name], test.labels, scored)}
+                             **task_scores(per_item[name], pair_scores)}
+            differences = task_differences(per_item[reference], per_item[name], pair_scores,
+                                           settings.gate.confidence)
+            for key, difference in differences.items():
+                quality[name].update({f"{key}_diff": difference.difference,
+                                      f"{key}_diff_low": difference.low,
+                                      f"{key}_diff_high": difference.high})
     for name in names:
         labels, predictions = outcomes[name]
         fidelity = "" if not task.is_embedding else (
@@ -221,6 +233,8 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
                 if task.is_embedding
                 else mean_kl(outputs[reference], outputs[name]),
                 "same_onnx_as": same_as.get(name, ""),
+                # A distilled student is a different network from the teacher's (gate.py).
+                "student": "distill" in history,
                 **quality.get(name, {}),
             }
         )

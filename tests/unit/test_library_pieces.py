@@ -209,7 +209,16 @@ def test_an_embedding_model_with_labels_and_scored_pairs_is_scored_on_its_task(t
                                               "int8_flags": []}},
                              settings=settings.model_dump(), throughput_unit="texts/s")
     assert "probe acc %" in report and "k-NN acc %" in report and "STS Spearman" in report
-    assert "| 100.0 | 100.0 | 1.0000 |" in report       # the teacher's probe, k-NN and STS
+    # The teacher's probe, k-NN and STS, each with its difference from itself and the interval.
+    assert "| 100.0 (+0.0, +0.0..+0.0) | 100.0 (+0.0, +0.0..+0.0) | 1.0000 (+0.0, " in report
+    # The shipped model's drops, with intervals, in the rows and the metrics: what the gate
+    # judges (tests/unit/test_task_gate.py).
+    for key in ("probe_accuracy", "knn_accuracy", "sts_spearman"):
+        assert shipped[f"{key}_diff_low"] <= shipped[f"{key}_diff"] <= shipped[f"{key}_diff_high"]
+        assert shipped[f"{key}_diff"] < -0.1 and metrics[f"shipped.{key}_diff_high"] < 0
+    assert shipped["probe_accuracy_diff"] == pytest.approx(
+        shipped["probe_accuracy"] - teacher["probe_accuracy"])
+    assert not shipped["student"]                    # prepare -> quantize: the teacher's network
 
     unlabelled = Split(test.inputs, np.zeros(120, np.int64))
     plain = evaluate_models(models, unlabelled, task, settings, log=lines.append)
