@@ -231,7 +231,11 @@ class StudentBudget(Section):
     depths: list[Annotated[int, Field(ge=1)]] = Field([2, 3, 4], min_length=1)
     # The candidate as dynamic int8 against the fp32 teacher, batch 1 x max_length, measured here.
     min_speedup: float = Field(3.0, gt=0)
-    # Val mean cosine of the distilled (fp32) candidate to the teacher.
+    # Where the val texts have class labels: points the distilled candidate's probe and k-NN
+    # may lose against the teacher on val (the gate's max_task_drop asks the same of test).
+    max_task_drop: float | None = Field(1.0, ge=0, le=100)
+    # Without labels (or max_task_drop null): val mean cosine of the distilled (fp32) candidate
+    # to the teacher.
     min_fidelity: float = Field(0.97, gt=0, le=1)
     # Distil every candidate that meets the speed budget, to compare them (costs their time).
     train_all: bool = False
