@@ -156,6 +156,10 @@ class TrainingParams(Section):
     # bf16 autocast inside training steps, on CUDA only (on a CPU without bf16 units it ran 4-7x
     # slower, so a CPU never uses it).
     bf16_autocast: bool = False
+    # CUDA only: text batches hold up to this many tokens (at least the section's batch_size
+    # texts), the peak learning rate scaled with the batch (slimline/training/batching.py);
+    # null: batch_size texts on the GPU too. Not yet measured on a GPU (issue 31).
+    gpu_tokens_per_batch: int | None = Field(4096, ge=1)
 
 
 class PrepareParams(Section):
