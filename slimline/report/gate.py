@@ -7,7 +7,8 @@ rule a two-item difference never fails the gate and a real regression of a few p
 
 An embedding model is judged by the tasks its data label, the same way: each labelled task's drop
 against the teacher (probe and k-NN accuracy on class labels, exact paired interval; STS Spearman
-on pairs scored by people, bootstrap interval) within max_task_drop. Mean cosine and recall@10 of
+on pairs scored by people, nDCG@10 and recall@10 on queries with relevance labels, bootstrap
+intervals) within max_task_drop. Mean cosine and recall@10 of
 the teacher's neighbours gate only where no task is judged, and for the teacher's own network
 (int8 of it should keep them): a distilled student may move neighbours and still classify and
 rank as well as the teacher (MiniLM's 3-layer student: cosine 0.929, probe 0.793 against 0.787).
@@ -20,7 +21,8 @@ from slimline.measure.stats import PairedDifference
 
 # The labelled tasks an embedding model is judged on, by their keys in an evaluation row.
 TASK_CHECKS = {"probe_accuracy": "probe accuracy", "knn_accuracy": "k-NN accuracy",
-               "sts_spearman": "STS Spearman"}
+               "sts_spearman": "STS Spearman", "ndcg_at_10": "nDCG@10 (labels)",
+               "labelled_recall_at_10": "recall@10 (labels)"}
 
 
 @dataclass(frozen=True)

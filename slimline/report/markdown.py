@@ -11,7 +11,8 @@ from slimline.report.plots import candidates_plot, confusion_plot, triangle_plot
 from slimline.report.trend import COMPARISON_FILE
 
 TASK_COLUMNS = (("probe_accuracy", "probe acc %"), ("knn_accuracy", "k-NN acc %"),
-                ("sts_spearman", "STS Spearman"))
+                ("sts_spearman", "STS Spearman"), ("ndcg_at_10", "nDCG@10 (labels)"),
+                ("labelled_recall_at_10", "recall@10 (labels)"))
 TASK_NOTES = {
     "probe_accuracy": "Probe: test accuracy of a logistic regression on the frozen embeddings "
                       "(the test texts' labels, 5 stratified folds fixed by a seed).",
@@ -19,6 +20,10 @@ TASK_NOTES = {
                     "(cosine, leave one out).",
     "sts_spearman": "STS: the Spearman of each pair's cosine against the similarity people gave "
                     "it.",
+    "ndcg_at_10": "nDCG@10: each labelled query's 10 nearest corpus texts (cosine) against its "
+                  "relevance labels.",
+    "labelled_recall_at_10": "recall@10 (labels): the share of each query's relevant texts among "
+                             "its 10 nearest.",
 }
 
 
@@ -120,7 +125,8 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
         *([" ".join(TASK_NOTES[key] for key, _ in tasks)
            + " Each model is scored on its own, on the same test texts and folds; in brackets "
            "its difference from the teacher in points and the 95% interval (accuracies: exact "
-           "paired, from the texts that flipped; STS: paired bootstrap over the pairs), which "
+           "paired, from the texts that flipped; STS and retrieval: paired bootstrap over the "
+           "pairs or queries), which "
            "the gate judges like top-1.", ""]
           if tasks else []),
         *(["Not run or timed again (same ONNX bytes as an earlier model): " + ", ".join(

@@ -2,16 +2,24 @@
 against the teacher, at the favourable end of its paired interval, within max_task_drop. A
 student that keeps the task passes at the cosine a distilled student really has; one that loses
 3 points fails whatever its cosine; cosine and recall@10 still judge where no task is labelled
-and the teacher's own network (the quantize path)."""
+and the teacher's own network (the quantize path). Labelled retrieval (queries with relevance
+labels) is scored against the labels and judged the same way."""
 import numpy as np
 import pytest
 
 from slimline.config.params import GateParams
-from slimline.measure.embedding_tasks import task_differences
+from slimline.data.splits import Split, load_retrieval, save_retrieval
+from slimline.errors import SlimlineError
+from slimline.measure.embedding_tasks import retrieval_scores, task_differences
 from slimline.measure.stats import paired_difference
 from slimline.report.gate import check_budgets
 
 TEXTS = 1000
+
+
+def at_angles(degrees) -> np.ndarray:
+    radians = np.radians(np.asarray(degrees, dtype=np.float64))
+    return np.stack([np.cos(radians), np.sin(radians)], 1)
 
 
 def correct_flips(lost: int, gained: int, teacher_right: int = 787):
@@ -113,3 +121,42 @@ def test_the_point_rule_judges_the_estimate():
     assert gate(values)["probe accuracy drop vs teacher"].passed
     assert not gate(values, settings=GateParams(rule="point"))[
         "probe accuracy drop vs teacher"].passed
+
+
+def test_retrieval_against_relevance_labels_on_a_case_worked_out_by_hand():
+    # Corpus texts at 0, 20, 45, 90 degrees; query A at 8 (relevant: 20 graded 2, 90 graded 1),
+    # query B at 80 (relevant: 90); query C has no relevant text and is not judged.
+    corpus, queries = at_angles([0, 20, 45, 90]), at_angles([8, 80, 30])
+    relevance = np.array([[0, 2, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
+    scores = retrieval_scores(queries, corpus, relevance, k=2)
+    # A ranks 0 then 20: DCG = 3 / log2(3), the ideal
+    # 3 + 1 / log2(3); one of its two relevant texts in the top 2. B ranks 90 first.
+    ideal = 3 + 1 / np.log2(3)
+    assert scores["ndcg_at_10"] == pytest.approx([3 / np.log2(3) / ideal, 1.0])
+    assert scores["labelled_recall_at_10"] == pytest.approx([0.5, 1.0])
+
+
+def test_a_student_that_loses_3_points_of_ndcg_fails_whatever_its_cosine():
+    rng = np.random.default_rng(0)
+    teacher = {"ndcg_at_10": rng.uniform(0.4, 1.0, 500),
+               "labelled_recall_at_10": rng.uniform(0.4, 1.0, 500)}
+    kept = {key: values + rng.normal(0, 0.02, 500) for key, values in teacher.items()}
+    good = gate(row(teacher, kept, cosine=0.929, recall10=0.593))
+    assert list(good) == ["nDCG@10 (labels) drop vs teacher", "recall@10 (labels) drop vs teacher"]
+    assert all(check.passed for check in good.values())
+    lost = {**kept, "ndcg_at_10": teacher["ndcg_at_10"] - 0.03 + rng.normal(0, 0.02, 500)}
+    bad = gate(row(teacher, lost, cosine=0.999, recall10=0.99))
+    assert not bad["nDCG@10 (labels) drop vs teacher"].passed
+    assert bad["recall@10 (labels) drop vs teacher"].passed
+
+
+def test_relevance_labels_beside_the_splits(tmp_path):
+    queries = Split({"input_ids": np.ones((3, 4), np.int64)}, np.zeros(3, np.int64))
+    corpus = Split({"input_ids": np.ones((5, 4), np.int64)}, np.zeros(5, np.int64))
+    assert load_retrieval(tmp_path) is None
+    save_retrieval(queries, corpus, np.eye(3, 5), tmp_path)
+    loaded = load_retrieval(tmp_path)
+    assert (len(loaded[0]), len(loaded[1])) == (3, 5) and (loaded[2] == np.eye(3, 5)).all()
+    save_retrieval(queries, corpus, np.eye(3, 4), tmp_path)
+    with pytest.raises(SlimlineError, match=r"relevance of shape \(3, 4\) for 3 queries and 5"):
+        load_retrieval(tmp_path)
