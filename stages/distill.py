@@ -141,13 +141,12 @@ def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
     (log.info if met else log.warning)("%s", why)
     log.info("candidates (speed-up: dynamic int8 vs fp32 teacher, batch 1; cosine and task "
              "drop on val):\n%s", candidate_table(candidates.values()))
-    judged_by_task = best.task_drop is not None and budget.max_task_drop is not None
     metrics = {"student_depth": best.depth,
-               "student_met_budget": met,        # the budget it was judged by (below)
-               "student_judged_by_task": judged_by_task,
+               "student_met_budget": met,
                "student_budget.min_speedup": budget.min_speedup,
                "student_budget.min_fidelity": budget.min_fidelity}
-    if judged_by_task:
+    if best.task_drop is not None and budget.max_task_drop is not None:
+        # Set only where the labelled tasks judged the student (the report says which budget).
         metrics["student_budget.max_task_drop"] = budget.max_task_drop
     for candidate in candidates.values():
         for key, value in candidate.row().items():
