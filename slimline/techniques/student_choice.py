@@ -1,5 +1,6 @@
 """A shallower encoder student chosen by the budgets (distill.student_budget), not fixed in a
-profile: the fastest depth that meets the fidelity budget, with the layers that measure best.
+profile: the fastest depth that keeps the labelled task (without labels: meets the fidelity
+budget), with the layers that measure best.
 
 1. Layers, per candidate depth: backward elimination from the input model's stack, always
    keeping the last layer (the mean-pooled output space lives there): drop, one at a time, the
