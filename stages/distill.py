@@ -66,6 +66,7 @@ def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
     )
     from slimline.techniques.student_choice import (
         Candidate,
+        describe_task_drop,
         eliminate_layers,
         int8_speedups,
         pick,
@@ -122,13 +123,13 @@ def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
             distill_encoder(student.model, teacher, splits["train"], config, seed=params.seed,
                             kept_layers=student.kept_layers, targets=targets, log=log.info)
             candidates[depth].fidelity = score(student.model, val)
-            candidates[depth].task_drop = val_task_drop(
-                teacher_val, predict(student.model, val.inputs), val.labels)
+            drop = val_task_drop(teacher_val, predict(student.model, val.inputs), val.labels)
+            if drop is not None:
+                candidates[depth].task_drop, candidates[depth].task_drop_estimate = drop
             log.info("candidate %d layers after distillation: val cosine %.4f (budget %g)%s",
                      depth, candidates[depth].fidelity, budget.min_fidelity,
-                     "" if candidates[depth].task_drop is None else
-                     f", val task drop {candidates[depth].task_drop:+.2f} points (probe and "
-                     f"k-NN, budget {budget.max_task_drop})")
+                     "" if drop is None else f", {describe_task_drop(candidates[depth])} "
+                     f"(probe and k-NN, budget {budget.max_task_drop})")
             if (candidates[depth].meets(budget.min_fidelity, budget.max_task_drop)
                     and not budget.train_all):
                 break
@@ -156,13 +157,14 @@ def student_by_budget(args, params, teacher, teacher_recipe, splits, score, log)
 
 
 def candidate_table(candidates) -> str:
-    lines = ["| depth | layers | cosine before | speed-up | cosine after | task drop |",
+    lines = ["| depth | layers | cosine before | speed-up | cosine after | task drop (judged) |",
              "|---|---|---|---|---|---|"]
     for c in sorted(candidates, key=lambda c: c.depth):
         lines.append(f"| {c.depth} | {c.layers} | {c.initial_fidelity:.4f} | "
                      f"{c.speedup:.2f}x | "
                      f"{'not trained' if c.fidelity is None else f'{c.fidelity:.4f}'} | "
-                     f"{'' if c.task_drop is None else f'{c.task_drop:+.2f} points'} |")
+                     f"{'' if c.task_drop is None else f'{c.task_drop_estimate:+.2f} '}"
+                     f"{'' if c.task_drop is None else f'({c.task_drop:+.2f})'} |")
     return "\n".join(lines)
 
 

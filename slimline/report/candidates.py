@@ -64,7 +64,8 @@ def choice_lines(choice: StudentChoice) -> list[str]:
            f"**No candidate met the budget**: none that {budget}; distill.student_budget "
            f"shipped the best depth {fast}.")
     lines = ["## Student candidates", "", why, "",
-             "| depth | val cosine before | speed-up | val cosine after | val task drop | |",
+             "| depth | val cosine before | speed-up | val cosine after | val task drop, judged "
+             "| |",
              "|---|---|---|---|---|---|"]
     for row in choice.rows:
         after = "not trained" if row["fidelity"] is None else f"{row['fidelity']:.4f}"

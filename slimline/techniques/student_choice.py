@@ -40,8 +40,10 @@ class Candidate:
     initial_fidelity: float               # val cosine before distillation
     speedup: float | None = None          # int8 candidate vs fp32 teacher, batch 1
     fidelity: float | None = None         # val cosine after distillation (None: not trained)
-    # The worst labelled task's judged drop on val, in points (None: not trained, or no labels).
+    # The worst labelled task's drop on val in points, as judged (the favourable end of its
+    # paired interval) and as estimated (None: not trained, or no labels).
     task_drop: float | None = None
+    task_drop_estimate: float | None = None
     model: object = field(default=None, repr=False)
 
     def row(self) -> dict:
@@ -59,17 +61,25 @@ class Candidate:
         return self.fidelity is not None and self.fidelity >= min_fidelity
 
 
-def val_task_drop(teacher_embeddings, student_embeddings, labels) -> float | None:
-    """The worst of the labelled tasks' drops (points) of the student against the teacher on
-    val, each at the favourable end of its paired interval (the gate's interval rule); None
-    where the val texts have no class labels."""
+def val_task_drop(teacher_embeddings, student_embeddings, labels
+                  ) -> tuple[float, float] | None:
+    """(judged, estimated): the worst of the labelled tasks' drops (points) of the student
+    against the teacher on val, judged at the favourable end of each paired interval (the
+    gate's interval rule), and the worst point estimate; None where the val texts have no class
+    labels."""
     from slimline.measure.embedding_tasks import task_differences, task_outcomes
 
     teacher = task_outcomes(teacher_embeddings, labels)
     if not teacher:
         return None
-    differences = task_differences(teacher, task_outcomes(student_embeddings, labels))
-    return max(-100 * difference.high for difference in differences.values())
+    differences = task_differences(teacher, task_outcomes(student_embeddings, labels)).values()
+    return (max(-100 * difference.high for difference in differences),
+            max(-100 * difference.difference for difference in differences))
+
+
+def describe_task_drop(candidate: Candidate) -> str:
+    return (f"val task drop {candidate.task_drop_estimate:+.2f} points, "
+            f"{candidate.task_drop:+.2f} at the favourable end of its interval")
 
 
 def eliminate_layers(model, depths: list[int], fidelity_of) -> dict[int, tuple[list[int], float]]:
@@ -108,7 +118,7 @@ def pick(candidates: list[Candidate], min_speedup: float, min_fidelity: float,
     good = [c for c in fast if c.meets(min_fidelity, max_task_drop)]
     if good:
         best = max(good, key=lambda c: c.speedup)
-        judged = (f"val task drop {best.task_drop:+.2f} points (budget {max_task_drop:g}), "
+        judged = (f"{describe_task_drop(best)} (budget {max_task_drop:g}), "
                   f"val cosine {best.fidelity:.4f} beside it" if labelled
                   else f"val cosine {best.fidelity:.4f}")
         return best, (f"student: {best.depth} layers {best.layers}, {best.speedup:.2f}x faster, "
@@ -118,7 +128,7 @@ def pick(candidates: list[Candidate], min_speedup: float, min_fidelity: float,
         return best, (f"NO student kept the labelled tasks within distill.student_budget."
                       f"max_task_drop = {max_task_drop:g} points on val: shipping the closest "
                       f"that meets the speed budget, {best.depth} layers {best.layers}, "
-                      f"{best.task_drop:+.2f} points, {best.speedup:.2f}x faster")
+                      f"{describe_task_drop(best)}, {best.speedup:.2f}x faster")
     best = max(fast, key=lambda c: c.fidelity)
     offered = ", ".join(f"{c.depth} layers {c.fidelity:.4f} at {c.speedup:.2f}x" for c in
                         sorted(fast, key=lambda c: c.depth))
