@@ -171,6 +171,10 @@ class TrainingParams(Section):
     # bf16 autocast inside training steps, on CUDA only (on a CPU without bf16 units it ran 4-7x
     # slower, so a CPU never uses it).
     bf16_autocast: bool = False
+    # CUDA only: text batches hold up to this many tokens (at least the section's batch_size
+    # texts), the peak learning rate scaled with the batch (slimline/training/batching.py);
+    # null: batch_size texts on the GPU too. Not yet measured on a GPU (issue 31).
+    gpu_tokens_per_batch: int | None = Field(4096, ge=1)
 
 
 class PrepareParams(Section):
@@ -246,7 +250,11 @@ class StudentBudget(Section):
     depths: list[Annotated[int, Field(ge=1)]] = Field([2, 3, 4], min_length=1)
     # The candidate as dynamic int8 against the fp32 teacher, batch 1 x max_length, measured here.
     min_speedup: float = Field(3.0, gt=0)
-    # Val mean cosine of the distilled (fp32) candidate to the teacher.
+    # Where the val texts have class labels: points the distilled candidate's probe and k-NN
+    # may lose against the teacher on val (the gate's max_task_drop asks the same of test).
+    max_task_drop: float | None = Field(1.0, ge=0, le=100)
+    # Without labels (or max_task_drop null): val mean cosine of the distilled (fp32) candidate
+    # to the teacher.
     min_fidelity: float = Field(0.97, gt=0, le=1)
     # Distil every candidate that meets the speed budget, to compare them (costs their time).
     train_all: bool = False
@@ -349,9 +357,13 @@ class GateParams(Section):
     # interleaved rounds, on the machine that runs evaluate).
     max_size_ratio: float | None = Field(None, gt=0, le=1)
     min_speedup: float | None = Field(None, gt=0)
-    # Embedding models (max_top1_drop is for classifiers): the shipped model's mean cosine to
-    # the teacher on the test texts, and its recall@10 (the share of each test text's 10 nearest
-    # under the teacher among its 10 nearest); nn@1 agreement points lost, only where set.
+    # Embedding models (max_top1_drop is for classifiers): each labelled task's drop, and the
+    # shipped model's mean cosine to the teacher on the test texts and its recall@10 (the share
+    # of each test text's 10 nearest under the teacher among its 10 nearest); nn@1 agreement
+    # points lost, only where set.
+    # Each task the data label (probe and k-NN accuracy, STS Spearman): points below the
+    # teacher's; where one is judged, cosine and recall@10 judge only the teacher's own network.
+    max_task_drop: float | None = Field(1.0, ge=0, le=100)
     min_embedding_fidelity: float | None = Field(0.97, gt=0, le=1)
     min_recall_at_10: float | None = Field(0.8, gt=0, le=1)
     max_nn1_drop: float | None = Field(None, ge=0, le=100)

@@ -31,6 +31,10 @@ PAIR_FILES = (
 # Beside them when people scored the pairs (STS, e.g. 0-5) instead of labelling them 1/0: one
 # float per pair (the pairs' labels are then zeros and not judged).
 PAIR_SCORES = "pair_scores.npy"
+# An embedding model's labelled retrieval, beside the splits: queries and a corpus (tokenized as
+# the splits are) and the relevance of each corpus text to each query (queries x corpus, graded,
+# 0 = not relevant).
+RETRIEVAL_FILES = ("queries.npz", "corpus.npz", "relevance.npy")
 
 Inputs = dict[str, np.ndarray]
 
@@ -185,6 +189,31 @@ def load_pair_scores(folder: Path) -> np.ndarray | None:
         return np.load(path, allow_pickle=False).astype(np.float64)
     except (OSError, ValueError) as exc:
         raise SlimlineError(f"{path}: not readable pair scores ({exc})") from None
+
+
+def save_retrieval(queries: Split, corpus: Split, relevance: np.ndarray, folder: Path) -> None:
+    save_split(queries, Path(folder) / RETRIEVAL_FILES[0])
+    save_split(corpus, Path(folder) / RETRIEVAL_FILES[1])
+    np.save(Path(folder) / RETRIEVAL_FILES[2], np.asarray(relevance, dtype=np.float64),
+            allow_pickle=False)
+
+
+def load_retrieval(folder: Path) -> tuple[Split, Split, np.ndarray] | None:
+    """(queries, corpus, relevance) where the folder has them, else None; one clear line when
+    the relevance does not cover every query and corpus text."""
+    folder = Path(folder)
+    if not (folder / RETRIEVAL_FILES[2]).is_file():
+        return None
+    queries, corpus = (load_split(folder / name) for name in RETRIEVAL_FILES[:2])
+    path = folder / RETRIEVAL_FILES[2]
+    try:
+        relevance = np.load(path, allow_pickle=False).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise SlimlineError(f"{path}: not readable relevance labels ({exc})") from None
+    if relevance.shape != (len(queries), len(corpus)):
+        raise SlimlineError(f"{path}: relevance of shape {relevance.shape} for "
+                            f"{len(queries)} queries and {len(corpus)} corpus texts")
+    return queries, corpus, relevance
 
 
 def load_splits(folder: Path, names: tuple[str, ...],

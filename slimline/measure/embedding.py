@@ -149,52 +149,49 @@ def _fit_logistic(features: np.ndarray, classes: np.ndarray, count: int,
     return found.x[:dims * count].reshape(dims, count), found.x[dims * count:]
 
 
-def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
-                   regularization: float = 1.0, iterations: int = 100) -> float:
-    """Accuracy of a logistic-regression probe on the frozen (unit) embeddings, each fold
-    predicted by a probe fitted on the other folds (class_folds: the same for every model);
-    MTEB's classification score (scikit-learn's LogisticRegression, C = 1, 100 iterations)."""
+def probe_correct(embeddings: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
+                  regularization: float = 1.0, iterations: int = 100) -> np.ndarray:
+    """Per text, whether a logistic-regression probe on the frozen (unit) embeddings classifies
+    it right, each fold predicted by a probe fitted on the other folds (class_folds: the same for
+    every model, so two models compare text by text, like top-1 correctness); its mean is MTEB's
+    classification score (scikit-learn's LogisticRegression, C = 1, 100 iterations)."""
     names, classes = np.unique(labels, return_inverse=True)
     features = unit_rows(np.asarray(embeddings, dtype=np.float64))
     fold = class_folds(classes, folds, seed)
-    correct = 0
+    correct = np.zeros(len(labels), bool)
     for held_out in range(folds):
         test = fold == held_out
         if not test.any():
             continue
         weights, bias = _fit_logistic(features[~test], classes[~test], len(names),
                                       regularization, iterations)
-        correct += int(((features[test] @ weights + bias).argmax(1) == classes[test]).sum())
-    return correct / len(labels)
+        correct[test] = (features[test] @ weights + bias).argmax(1) == classes[test]
+    return correct
 
 
-def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Leave-one-out accuracy of cosine k-NN: each text gets the majority class of its k nearest
-    other texts (a tie goes to the class of the nearer neighbours)."""
+def probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, **settings) -> float:
+    """The probe's accuracy (probe_correct)."""
+    return float(probe_correct(embeddings, labels, **settings).mean())
+
+
+def knn_correct(embeddings: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per text, whether cosine k-NN classifies it right, leave one out: the majority class of
+    its k nearest other texts (a tie goes to the class of the nearer neighbours)."""
     names, classes = np.unique(labels, return_inverse=True)
     k = min(k, len(labels) - 1)
     if k < 1:
-        return 0.0
+        return np.zeros(len(labels), bool)
     nearest = np.argsort(-_similarities(embeddings), axis=1, kind="stable")[:, :k]
     # One vote each, plus less than one vote in all for the nearer ones (ties only).
     weights = 1 + (k - np.arange(k)) / (k * k + 1)
     votes = np.zeros((len(labels), len(names)))
     np.add.at(votes, (np.arange(len(labels))[:, None], classes[nearest]), weights)
-    return float((votes.argmax(1) == classes).mean())
+    return votes.argmax(1) == classes
 
 
-def task_quality(embeddings: np.ndarray, labels: np.ndarray | None = None,
-                 scored_pairs: tuple | None = None) -> dict[str, float]:
-    """The task scores the labelled data allow: with at least two classes among `labels` (the
-    test texts' classes; a file without labels gives zeros), probe and k-NN accuracy; with
-    `scored_pairs` (embeddings a, embeddings b, human scores), the STS Spearman."""
-    scores = {}
-    if labels is not None and len(np.unique(labels)) >= 2:
-        scores["probe_accuracy"] = probe_accuracy(embeddings, labels)
-        scores["knn_accuracy"] = knn_accuracy(embeddings, labels)
-    if scored_pairs is not None:
-        scores["sts_spearman"] = sts_spearman(*scored_pairs)
-    return scores
+def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Leave-one-out accuracy of cosine k-NN (knn_correct)."""
+    return float(knn_correct(embeddings, labels, k).mean())
 
 
 def pair_similarity_spearman(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -10,7 +10,9 @@ labelled pairs, data.text.pairs), and mean / minimum cosine, recall@10, MRR and 
 correlation of pairwise similarities against the teacher (slimline/measure/embedding.py). Where
 the data allow, also what the embeddings are for, each model on its own as MTEB scores it: with
 class labels on the test texts (at least two classes), probe and k-NN accuracy; with pairs
-scored by people, the STS Spearman.
+scored by people, the STS Spearman; with queries labelled relevant to corpus texts, nDCG@10 and
+recall@10 against the labels; and each one's difference from the teacher with its interval
+(slimline/measure/embedding_tasks.py), which the gate judges.
 
 Artifacts whose model.onnx bytes equal an earlier artifact's (a disabled stage's pass-through)
 are not measured again: they share that artifact's outputs and timing, and the log says so.
@@ -31,8 +33,8 @@ from slimline.measure.embedding import (
     embedding_fidelity,
     embedding_outcomes,
     embedding_quality,
-    task_quality,
 )
+from slimline.measure.embedding_tasks import task_differences, task_outcomes, task_scores
 from slimline.measure.graph import count_macs, count_parameters, file_size, load_onnx
 from slimline.measure.latency import time_interleaved
 from slimline.measure.runtime import check_feeds, make_session
@@ -44,10 +46,15 @@ METRIC_KEYS = ("top1", "diff", "diff_low", "diff_high", "size_mb", "size_ratio",
                "speedup_low", "speedup_high", "throughput", "throughput_ratio", "agreement",
                "mean_kl")
 EMBEDDING_KEYS = ("cos_mean", "cos_min", "nn1", "recall10", "mrr", "spearman")
-TASK_KEYS = ("probe_accuracy", "knn_accuracy", "sts_spearman")   # where the data allow them
+TASK_KEYS = ("probe_accuracy", "knn_accuracy", "sts_spearman", "ndcg_at_10",
+             "labelled_recall_at_10")   # where the data allow them
+# Each task's difference from the teacher and its interval (the gate judges them), per task key.
+TASK_DIFF_SUFFIXES = ("_diff", "_diff_low", "_diff_high")
 TASK_NAMES = {"probe_accuracy": "probe accuracy (logistic regression, 5 folds)",
               "knn_accuracy": "k-NN accuracy (10 nearest, leave one out)",
-              "sts_spearman": "STS Spearman (cosine vs human scores)"}
+              "sts_spearman": "STS Spearman (cosine vs human scores)",
+              "ndcg_at_10": "nDCG@10 (relevance labels)",
+              "labelled_recall_at_10": "recall@10 (relevance labels)"}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,8 +89,9 @@ class Evaluation:
             if task.is_embedding:
                 metrics[f"{row['name']}.embedding_fidelity"] = row["agreement"]
                 metrics.update({f"{row['name']}.{key}": row[key] for key in EMBEDDING_KEYS})
-                metrics.update({f"{row['name']}.{key}": row[key] for key in TASK_KEYS
-                                if key in row})
+                metrics.update({f"{row['name']}.{key}{suffix}": row[f"{key}{suffix}"]
+                                for key in TASK_KEYS if key in row
+                                for suffix in ("", *TASK_DIFF_SUFFIXES)})
         return metrics
 
 
@@ -109,10 +117,11 @@ def onnx_digest(path: Path) -> str:
 
 
 def evaluate_models(models: dict[str, Path], test: Split, task, settings: EvaluateParams, *,
-                    pairs=None, pair_scores=None, log=print) -> Evaluation:
+                    pairs=None, pair_scores=None, retrieval=None, log=print) -> Evaluation:
     """Measure every model artifact (name -> folder) on `test`; `pairs` (side a, side b splits)
     are an embedding model's labelled pairs, if any, and `pair_scores` their human similarity
-    scores where people scored them (then their labels are not judged)."""
+    scores where people scored them (then their labels are not judged); `retrieval` (queries,
+    corpus splits, relevance) its queries with relevance labels, if any."""
     if pair_scores is not None and (pairs is None or len(pair_scores) != len(pairs[0])):
         raise SlimlineError(f"{len(pair_scores)} pair scores for "
                             f"{0 if pairs is None else len(pairs[0])} pairs")
@@ -142,15 +151,30 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
         for name in names:
             pair_outputs[name] = pair_outputs[same_as[name]] if name in same_as else tuple(
                 task.predict_onnx(sessions[name], side.inputs) for side in pairs)
+    retrieval_outputs = {}   # name -> (query embeddings, corpus embeddings, relevance)
+    if retrieval is not None and task.is_embedding:
+        for name in names:
+            retrieval_outputs[name] = retrieval_outputs[same_as[name]] if name in same_as else (
+                *(task.predict_onnx(sessions[name], side.inputs) for side in retrieval[:2]),
+                retrieval[2])
     judged_pair_labels = pairs[0].labels if pair_outputs and pair_scores is None else None
     outcomes, judged = _judged_outcomes(outputs, test, pair_outputs, judged_pair_labels, task)
     quality = {}
     if task.is_embedding:
+        per_item = {}
         for name in names:
             scored = (*pair_outputs[name], pair_scores) if (
                 pair_outputs and pair_scores is not None) else None
+            per_item[name] = task_outcomes(outputs[name], test.labels, scored,
+                                           retrieval_outputs.get(name))
             quality[name] = {**embedding_quality(outputs[reference], outputs[name]),
-                             **task_quality(outputs[name], test.labels, scored)}
+                             **task_scores(per_item[name], pair_scores)}
+            differences = task_differences(per_item[reference], per_item[name], pair_scores,
+                                           settings.gate.confidence)
+            for key, difference in differences.items():
+                quality[name].update({f"{key}_diff": difference.difference,
+                                      f"{key}_diff_low": difference.low,
+                                      f"{key}_diff_high": difference.high})
     for name in names:
         labels, predictions = outcomes[name]
         fidelity = "" if not task.is_embedding else (
@@ -221,6 +245,8 @@ def evaluate_models(models: dict[str, Path], test: Split, task, settings: Evalua
                 if task.is_embedding
                 else mean_kl(outputs[reference], outputs[name]),
                 "same_onnx_as": same_as.get(name, ""),
+                # A distilled student is a different network from the teacher's (gate.py).
+                "student": "distill" in history,
                 **quality.get(name, {}),
             }
         )

@@ -4,6 +4,8 @@ Accuracy differences are paired (the same test items for both models), so only t
 flipped carry information. Conditional on the number of flips n = b + c, the flips towards the
 model (b) are Binomial(n, p); the exact (Clopper-Pearson) interval on p maps to an exact interval
 on the accuracy difference (b - c) / N, and the exact McNemar test is the binomial test of p = 1/2.
+A paired difference of a score that is not a mean over items (a rank correlation) gets a paired
+bootstrap interval instead.
 """
 from __future__ import annotations
 
@@ -40,6 +42,27 @@ def paired_difference(reference_correct: np.ndarray, model_correct: np.ndarray,
     to_difference = lambda p: flips * (2 * p - 1) / items  # noqa: E731
     return PairedDifference((gained - lost) / items, to_difference(interval.low),
                             to_difference(interval.high), gained, lost, items, float(test.pvalue))
+
+
+@dataclass(frozen=True)
+class BootstrapDifference:
+    difference: float        # score(model) - score(reference) on every item
+    low: float               # percentile interval over resampled item sets
+    high: float
+    resamples: int
+
+
+def paired_bootstrap(difference_of, items: int, confidence: float = 0.95, resamples: int = 1000,
+                     seed: int = 0) -> BootstrapDifference:
+    """The interval of a paired difference that is not a mean of per-item outcomes (a rank
+    correlation): `difference_of(indices)` scores both models on the same resampled items, so
+    what both get wrong alike cancels, as in the flip count of paired_difference."""
+    rng = np.random.default_rng(seed)
+    samples = np.array([difference_of(rng.integers(0, items, items)) for _ in range(resamples)])
+    tail = 100 * (1 - confidence) / 2
+    return BootstrapDifference(float(difference_of(np.arange(items))),
+                               float(np.percentile(samples, tail)),
+                               float(np.percentile(samples, 100 - tail)), resamples)
 
 
 def smallest_detectable_difference(items: int, confidence: float = 0.95) -> float:

@@ -10,16 +10,19 @@ from pathlib import Path
 
 from slimline.errors import SlimlineError
 
-_CANDIDATE_KEY = re.compile(r"^candidate_(\d+)_layers\.(initial_fidelity|speedup|fidelity)$")
+_CANDIDATE_KEY = re.compile(
+    r"^candidate_(\d+)_layers\.(initial_fidelity|speedup|fidelity|task_drop)$")
 
 
 @dataclass
 class StudentChoice:
-    rows: list[dict]          # per depth: depth, initial_fidelity, speedup, fidelity (or None)
+    rows: list[dict]          # per depth: depth, initial_fidelity, speedup, fidelity (or None),
+                              # task_drop (or None)
     chosen_depth: int
-    met_fidelity: bool        # the shipped candidate met min_fidelity (else none did)
+    met_budget: bool          # the shipped candidate met its budget (else none did)
     min_speedup: float
     min_fidelity: float
+    max_task_drop: float | None = None   # set where the val texts' labelled tasks judged it
 
 
 def student_choice(metrics: dict) -> StudentChoice | None:
@@ -29,13 +32,15 @@ def student_choice(metrics: dict) -> StudentChoice | None:
         match = _CANDIDATE_KEY.match(key)
         if match:
             depth = int(match.group(1))
-            rows.setdefault(depth, {"depth": depth, "fidelity": None})[match.group(2)] = value
+            rows.setdefault(depth, {"depth": depth, "fidelity": None, "task_drop": None})[
+                match.group(2)] = value
     if not rows or "student_depth" not in metrics:
         return None
     return StudentChoice([rows[depth] for depth in sorted(rows)], int(metrics["student_depth"]),
-                         bool(metrics["student_met_fidelity"]),
+                         bool(metrics["student_met_budget"]),
                          metrics["student_budget.min_speedup"],
-                         metrics["student_budget.min_fidelity"])
+                         metrics["student_budget.min_fidelity"],
+                         metrics.get("student_budget.max_task_drop"))
 
 
 def read_student_choice(path: Path) -> StudentChoice | None:
@@ -49,15 +54,23 @@ def choice_lines(choice: StudentChoice) -> list[str]:
     """The report's section: one row per candidate depth."""
     fast = (f"at least {choice.min_speedup:g}x faster than the fp32 teacher (each candidate as "
             "ONNX Runtime's dynamic int8, batch 1, timed by distill on the machine that ran it)")
-    why = (f"distill.student_budget shipped the fastest depth {fast} whose val cosine after "
-           f"distillation meets min_fidelity {choice.min_fidelity:g}." if choice.met_fidelity else
-           f"**No candidate met min_fidelity {choice.min_fidelity:g}**: distill.student_budget "
-           f"shipped the most faithful depth {fast}.")
+    if choice.max_task_drop is not None:
+        budget = (f"keeps the val texts' labelled tasks (probe, k-NN) within "
+                  f"{choice.max_task_drop:g} points of the teacher (val cosine beside it)")
+    else:
+        budget = f"meets min_fidelity {choice.min_fidelity:g} in val cosine (no labels)"
+    why = (f"distill.student_budget shipped the fastest depth {fast} that after distillation "
+           f"{budget}." if choice.met_budget else
+           f"**No candidate met the budget**: none that {budget}; distill.student_budget "
+           f"shipped the best depth {fast}.")
     lines = ["## Student candidates", "", why, "",
-             "| depth | val cosine before | speed-up | val cosine after | |",
-             "|---|---|---|---|---|"]
+             "| depth | val cosine before | speed-up | val cosine after | val task drop, judged "
+             "| |",
+             "|---|---|---|---|---|---|"]
     for row in choice.rows:
         after = "not trained" if row["fidelity"] is None else f"{row['fidelity']:.4f}"
+        drop = "" if row["task_drop"] is None else f"{row['task_drop']:+.2f} points"
         lines.append(f"| {row['depth']} | {row['initial_fidelity']:.4f} | {row['speedup']:.2f}x "
-                     f"| {after} | {'shipped' if row['depth'] == choice.chosen_depth else ''} |")
+                     f"| {after} | {drop} "
+                     f"| {'shipped' if row['depth'] == choice.chosen_depth else ''} |")
     return lines + ["", "![student candidates](candidates.png)", ""]

@@ -11,7 +11,8 @@ from slimline.report.plots import candidates_plot, confusion_plot, triangle_plot
 from slimline.report.trend import COMPARISON_FILE
 
 TASK_COLUMNS = (("probe_accuracy", "probe acc %"), ("knn_accuracy", "k-NN acc %"),
-                ("sts_spearman", "STS Spearman"))
+                ("sts_spearman", "STS Spearman"), ("ndcg_at_10", "nDCG@10 (labels)"),
+                ("labelled_recall_at_10", "recall@10 (labels)"))
 TASK_NOTES = {
     "probe_accuracy": "Probe: test accuracy of a logistic regression on the frozen embeddings "
                       "(the test texts' labels, 5 stratified folds fixed by a seed).",
@@ -19,7 +20,20 @@ TASK_NOTES = {
                     "(cosine, leave one out).",
     "sts_spearman": "STS: the Spearman of each pair's cosine against the similarity people gave "
                     "it.",
+    "ndcg_at_10": "nDCG@10: each labelled query's 10 nearest corpus texts (cosine) against its "
+                  "relevance labels.",
+    "labelled_recall_at_10": "recall@10 (labels): the share of each query's relevant texts among "
+                             "its 10 nearest.",
 }
+
+
+def _task_cell(row: dict, key: str) -> str:
+    """A task's score (accuracy in %, Spearman as is) and its difference from the teacher."""
+    scale, digits = (100, 1) if key.endswith("accuracy") else (1, 4)
+    if f"{key}_diff" not in row:
+        return f"{scale * row[key]:.{digits}f}"
+    return (f"{scale * row[key]:.{digits}f} ({100 * row[f'{key}_diff']:+.1f}, "
+            f"{100 * row[f'{key}_diff_low']:+.1f}..{100 * row[f'{key}_diff_high']:+.1f})")
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -84,8 +98,7 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
                 *([f"{row['cos_mean']:.4f} / {row['cos_min']:.4f}", f"{row['recall10']:.3f}",
                    f"{row['mrr']:.3f}", f"{row['spearman']:.4f}"]
                   if embedding else [f"{100 * row['agreement']:.1f}", f"{row['mean_kl']:.4f}"]),
-                *[f"{100 * row[key]:.1f}" if key.endswith("accuracy") else f"{row[key]:.4f}"
-                  for key, _ in tasks],
+                *[_task_cell(row, key) for key, _ in tasks],
             ]
         )
     lines += _table(header, table)
@@ -106,9 +119,15 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
             "text's embedding to the teacher's; recall@10: the share of each test text's 10 "
             "nearest under the teacher that are among its 10 nearest; MRR: the mean of 1 / the "
             "rank of the teacher's nearest; Spearman: of all pairwise similarities against "
-            "the teacher's. The gate judges mean cosine and recall@10.", ""] if embedding else []),
+            "the teacher's. The gate judges each labelled task below; where none is labelled, "
+            "and for the teacher's own network, mean cosine and recall@10.", ""]
+          if embedding else []),
         *([" ".join(TASK_NOTES[key] for key, _ in tasks)
-           + " Each model is scored on its own, on the same test texts and folds.", ""]
+           + " Each model is scored on its own, on the same test texts and folds; in brackets "
+           "its difference from the teacher in points and the 95% interval (accuracies: exact "
+           "paired, from the texts that flipped; STS and retrieval: paired bootstrap over the "
+           "pairs or queries), which "
+           "the gate judges like top-1.", ""]
           if tasks else []),
         *(["Not run or timed again (same ONNX bytes as an earlier model): " + ", ".join(
             f"{row['name']} = {row['same_onnx_as']}" for row in copies) + ".", ""]

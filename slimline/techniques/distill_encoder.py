@@ -24,7 +24,8 @@ table is frozen by default (11.7 M of all-MiniLM-L6-v2's 22.7 M parameters: its 
 dense gradients were most of a step), batches are length-bucketed by the training loop, and the
 teacher runs once over the whole corpus before training: its targets are kept on disk, fp16 and
 memory-mapped (slimline/techniques/teacher_targets.py), so every epoch, and every candidate
-student of slimline/techniques/student_choice.py, costs only the student's passes. The
+student of slimline/techniques/student_choice.py, costs only the student's passes (on a GPU the
+targets are held in its memory and batches are sized by tokens). The
 fine-tuning loss after prune and decompose (recovery_loss) caches the reference's outputs per
 batch in memory instead, while they fit in TEACHER_CACHE_BYTES.
 """
@@ -253,8 +254,12 @@ def teacher_targets(teacher: TextModel, corpus: dict, config: DistillParams,
     `mappings` (the union of the hidden states they are matched to)."""
     states = sorted({index for mapping in mappings for index in mapping.values()}) \
         if config.hidden_weight else []
-    return TeacherTargets(frozen(teacher), corpus, states,
-                          attention=bool(config.attention_weight), log=log)
+    targets = TeacherTargets(frozen(teacher), corpus, states,
+                             attention=bool(config.attention_weight), log=log)
+    where = training_device.current()
+    if where.is_gpu:      # built on the GPU; kept there, a step reads no disk (hold_on)
+        targets.hold_on(where.device, log)
+    return targets
 
 
 def frozen(model: TextModel) -> TextModel:

@@ -13,6 +13,11 @@ All fp16, memory-mapped: an epoch reads the rows of its batch and the page cache
 so the corpus need not fit in memory. Size: tokens x (states + 3 with attention) x width x 2
 bytes (all-MiniLM-L6-v2, 20,000 texts of 23.5 tokens on average, 6 states: 2.2 GB), logged before
 it is built. The files live in a temporary folder that is removed when training ends.
+
+On a CUDA GPU the teacher runs in batches sized by tokens (training.gpu_tokens_per_batch), and
+the targets are then copied into GPU memory where they fit in half of what is free (hold_on):
+a step gathers its rows there, with no disk read or host copy on its path. On a CPU nothing of
+this changes.
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ import torch
 from slimline.errors import SlimlineError
 from slimline.models.huggingface import TextModel, encoder_layers, mean_pool
 from slimline.training import device as training_device
+from slimline.training.batching import token_batches
 
 ATTENTION_PARTS = ("query", "key", "value")
 BUILD_BATCH = 64          # texts per teacher forward while the targets are built
 PROGRESS_SECONDS = 30.0
+COPY_CHUNK_TOKENS = 65536  # tokens per host-to-GPU copy in hold_on (no second host copy)
 
 
 def last_layer_projections(model: TextModel) -> dict[str, torch.nn.Module]:
@@ -54,6 +61,7 @@ class TeacherTargets:
         self.inputs, self.states = inputs, sorted(set(states))
         self.folder = Path(tempfile.mkdtemp(prefix="slimline-teacher-", dir=folder))
         self.teacher_batches = 0          # teacher forward passes (counted: built once)
+        self.held: dict[str, torch.Tensor] = {}   # the targets in GPU memory (hold_on)
         mask = inputs["attention_mask"]
         lengths = mask.sum(1).astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -91,8 +99,14 @@ class TeacherTargets:
         handles = [module.register_forward_hook(
             lambda module, args, output, part=part: captured.__setitem__(part, output))
             for part, module in projections.items()]
-        order = np.argsort(lengths, kind="stable")
-        batches = [order[start:start + BUILD_BATCH] for start in range(0, len(order), BUILD_BATCH)]
+        tokens = training_device.current().tokens_per_batch
+        if tokens:
+            batches = [rows.numpy() for rows in
+                       token_batches(torch.from_numpy(lengths), tokens, BUILD_BATCH)]
+        else:
+            order = np.argsort(lengths, kind="stable")
+            batches = [order[start:start + BUILD_BATCH]
+                       for start in range(0, len(order), BUILD_BATCH)]
         started = last = time.perf_counter()
         try:
             for done, rows in enumerate(batches, 1):
@@ -136,9 +150,44 @@ class TeacherTargets:
             out[position, :count] = source[start:start + count]
         return out
 
+    def hold_on(self, device, log=print) -> bool:
+        """Copy the targets into `device`'s memory where they fit in half of what is free there
+        (the student and its optimizer need the rest); True where they now live there."""
+        files = {name: getattr(self, name) for name in ("pooled", "hidden", "parts")
+                 if getattr(self, name) is not None}
+        size = sum(values.nbytes for values in files.values())
+        if torch.device(device).type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+            if size > free / 2:
+                log(f"teacher targets: {size / 1e9:.2f} GB do not fit in half of the "
+                    f"{free / 1e9:.1f} GB free on {device}: read from disk each step")
+                return False
+        for name, values in files.items():
+            held = torch.empty(values.shape, dtype=torch.float16, device=device)
+            for start in range(0, len(values), COPY_CHUNK_TOKENS):
+                held[start:start + COPY_CHUNK_TOKENS] = torch.from_numpy(
+                    np.ascontiguousarray(values[start:start + COPY_CHUNK_TOKENS])).to(device)
+            self.held[name] = held
+        self.held["offsets"] = torch.from_numpy(self.offsets).to(device)
+        log(f"teacher targets: {size / 1e9:.2f} GB held in {device} memory for the epochs")
+        return True
+
+    def _gather_tokens(self, source: torch.Tensor, rows: torch.Tensor,
+                       length: int) -> torch.Tensor:
+        """_read_tokens on the held targets, where they live: (batch, length, fields, width)
+        float32, each text's tokens then zeros."""
+        offsets = self.held["offsets"]
+        starts, ends = offsets[rows], offsets[rows + 1]
+        positions = starts[:, None] + torch.arange(length, device=source.device)[None, :]
+        real = positions < ends[:, None]
+        values = source[positions.clamp(max=len(source) - 1)].float()
+        return values * real[:, :, None, None]
+
     def batch(self, rows: torch.Tensor, length: int, device) -> tuple:
         """(pooled, {state index: hidden}, {part: projection}) of the texts `rows` (indices into
         the corpus), padded to `length` tokens, as float32 tensors on `device`."""
+        if self.held:
+            return self._held_batch(rows, length, device)
         rows = rows.cpu().numpy()
         pooled = torch.from_numpy(self.pooled[rows].astype(np.float32)).to(device)
         hidden, parts = {}, {}
@@ -150,7 +199,20 @@ class TeacherTargets:
             parts = {part: values[:, :, slot] for slot, part in enumerate(ATTENTION_PARTS)}
         return pooled, hidden, parts
 
+    def _held_batch(self, rows: torch.Tensor, length: int, device) -> tuple:
+        rows = rows.to(self.held["offsets"].device)
+        pooled = self.held["pooled"][rows].float().to(device)
+        hidden, parts = {}, {}
+        if "hidden" in self.held:
+            values = self._gather_tokens(self.held["hidden"], rows, length).to(device)
+            hidden = {state: values[:, :, slot] for slot, state in enumerate(self.states)}
+        if "parts" in self.held:
+            values = self._gather_tokens(self.held["parts"], rows, length).to(device)
+            parts = {part: values[:, :, slot] for slot, part in enumerate(ATTENTION_PARTS)}
+        return pooled, hidden, parts
+
     def remove(self) -> None:
+        self.held = {}
         for name in ("pooled", "hidden", "parts"):
             setattr(self, name, None)
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,7 +11,8 @@ parity and every measurement stay on the CPU, the deployment runtime of record.
 
 bf16 autocast (`training.bf16_autocast`) applies on CUDA only: on CPUs without bf16 units (AVX2,
 no AMX) it measured 4-7x slower than fp32 for a 22 M-parameter encoder's training step, so a CPU
-never uses it, whatever the knob says.
+never uses it, whatever the knob says. Likewise text batches sized by tokens
+(`training.gpu_tokens_per_batch`, slimline/training/batching.py) apply on CUDA only.
 """
 from __future__ import annotations
 
@@ -31,17 +32,25 @@ class TrainingDevice:
     device: torch.device
     bf16: bool               # autocast to bfloat16 inside training steps (CUDA only)
     reason: str              # why this device, for the stage log
+    tokens_per_batch: int | None = None   # text batches sized by tokens (CUDA only)
 
     @property
     def name(self) -> str:
         return self.device.type
 
+    @property
+    def is_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def describe(self) -> str:
-        return f"{self.name}{' (bf16 autocast)' if self.bf16 else ''}: {self.reason}"
+        tokens = (f", text batches of up to {self.tokens_per_batch:,} tokens"
+                  if self.tokens_per_batch else "")
+        return f"{self.name}{' (bf16 autocast)' if self.bf16 else ''}{tokens}: {self.reason}"
 
 
 def resolve(choice: str = "auto", bf16_autocast: bool = False,
-            cuda_available: bool | None = None) -> TrainingDevice:
+            cuda_available: bool | None = None,
+            tokens_per_batch: int | None = None) -> TrainingDevice:
     """The device for `choice` (auto | cpu | cuda); one clear line when cuda is asked for and
     torch sees no GPU."""
     if choice not in DEVICES:
@@ -56,22 +65,23 @@ def resolve(choice: str = "auto", bf16_autocast: bool = False,
         return TrainingDevice(torch.device("cpu"), False, reason)
     gpu = torch.cuda.get_device_name(0) if cuda_available is None else "CUDA GPU"
     return TrainingDevice(torch.device("cuda"), bool(bf16_autocast),
-                          f"training.device = {choice}, {gpu}")
+                          f"training.device = {choice}, {gpu}", tokens_per_batch)
 
 
 _current = TrainingDevice(torch.device("cpu"), False, "default (not configured)")
 
 
-def configure(choice: str = "auto", bf16_autocast: bool = False) -> TrainingDevice:
+def configure(choice: str = "auto", bf16_autocast: bool = False,
+              tokens_per_batch: int | None = None) -> TrainingDevice:
     """Choose the device for this process's training (a stage calls this once)."""
     global _current
-    _current = resolve(choice, bf16_autocast)
+    _current = resolve(choice, bf16_autocast, tokens_per_batch=tokens_per_batch)
     return _current
 
 
 def configure_from(training, log=print) -> TrainingDevice:
     """configure() from params' `training` section, with the choice in the stage log."""
-    chosen = configure(training.device, training.bf16_autocast)
+    chosen = configure(training.device, training.bf16_autocast, training.gpu_tokens_per_batch)
     log(f"training device: {chosen.describe()}")
     return chosen
 

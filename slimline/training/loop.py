@@ -3,7 +3,9 @@
 It runs on the device slimline/training/device.py chose (a CUDA GPU when present), batches text
 by length (each batch cut to its longest real sequence: the mean text is far shorter than
 max_length), and writes a progress line to the stage log every PROGRESS_SECONDS, since tqdm's bar
-goes to stderr, which the stage log does not keep.
+goes to stderr, which the stage log does not keep. On a CUDA GPU text batches are sized by tokens
+with the learning rate scaled (slimline/training/batching.py), and a set that fits
+RESIDENT_INPUT_BYTES is copied to the GPU once, so no step waits on a host-to-device copy.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from tqdm import tqdm
 from slimline.config.params import TrainParams
 from slimline.data.splits import DEFAULT_INPUT, Inputs, Split, as_inputs, batches
 from slimline.training import device as training_device
+from slimline.training.batching import scaled_learning_rate, token_batches
 
 TensorInputs = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, TensorInputs, torch.Tensor], torch.Tensor]
 MASK = "attention_mask"      # a text model's padding mask: batches are cut to their longest text
 PROGRESS_SECONDS = 30.0      # a progress line in the stage log at most this often
+RESIDENT_INPUT_BYTES = 1024 ** 3   # GPU: a training set up to this size lives on the device
 
 
 def to_tensors(inputs: Inputs | np.ndarray) -> TensorInputs:
@@ -87,6 +91,10 @@ def make_optimizer(model: nn.Module, config: TrainParams) -> torch.optim.Optimiz
                            weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
 
+def _bytes(inputs: TensorInputs) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in inputs.values())
+
+
 def length_buckets(mask: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Example indices grouped by text length (sorted, then cut into batches), so a batch pads
     to its own longest text, not to max_length; the batches stay fixed and only their order is
@@ -133,13 +141,25 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
         return []
     generator = torch.Generator().manual_seed(seed)
     inputs, labels = to_tensors(data.inputs), torch.from_numpy(data.labels)
+    where = training_device.current()
     # Length buckets only when the lengths differ: with one length they trim nothing and would
     # only fix the batches across epochs in place of a fresh shuffle each epoch.
     lengths = inputs[MASK].sum(1) if MASK in inputs and inputs[MASK].dim() == 2 else None
     buckets = (length_buckets(inputs[MASK], config.batch_size)
                if lengths is not None and int(lengths.min()) != int(lengths.max()) else None)
-    steps_per_epoch = -(-len(labels) // config.batch_size)
-    where = training_device.current()
+    if lengths is not None and where.tokens_per_batch:
+        buckets = token_batches(lengths, where.tokens_per_batch, config.batch_size)
+        average = len(labels) / len(buckets)
+        config = config.model_copy(update={"learning_rate": scaled_learning_rate(
+            config.learning_rate, config.optimizer, config.batch_size, average)})
+        log(f"{description}: {len(buckets)} batches of up to {where.tokens_per_batch:,} tokens "
+            f"on the GPU, {average:.0f} texts on average (batch_size {config.batch_size}): "
+            f"peak learning rate {config.learning_rate:.3g}")
+    if where.is_gpu and config.max_shift == 0 and _bytes(inputs) <= RESIDENT_INPUT_BYTES:
+        # The whole set on the GPU once: a step slices it there, no host copy on its path.
+        inputs = {name: tensor.to(where.device) for name, tensor in inputs.items()}
+        labels = labels.to(where.device)
+    steps_per_epoch = len(buckets) if buckets is not None else -(-len(labels) // config.batch_size)
     training_device.place(model)
     optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -166,6 +186,7 @@ def fit(model: nn.Module, data: Split, config: TrainParams, *, seed: int,
             ),
         )
         for step, batch in enumerate(bar):
+            batch = batch.to(labels.device)
             batch_inputs = augment(trim_padding({name: tensor[batch]
                                                  for name, tensor in inputs.items()}),
                                    config.max_shift, generator)

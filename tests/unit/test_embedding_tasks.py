@@ -7,11 +7,12 @@ from slimline.data.splits import load_pair_scores, save_pair_scores
 from slimline.measure.embedding import (
     class_folds,
     knn_accuracy,
+    knn_correct,
     probe_accuracy,
     spearman,
     sts_spearman,
-    task_quality,
 )
+from slimline.measure.embedding_tasks import task_quality
 
 
 def at_angles(degrees) -> np.ndarray:
@@ -55,6 +56,8 @@ def test_knn_on_a_case_worked_out_by_hand():
     points = at_angles([0, 10, 20, 25, 90, 100])
     classes = np.array([0, 0, 0, 1, 1, 1])
     assert knn_accuracy(points, classes, k=1) == pytest.approx(4 / 6)
+    # Text by text, so a model's k-NN compares with the teacher's like top-1 correctness.
+    assert knn_correct(points, classes, k=1).tolist() == [True, True, False, False, True, True]
     # k = 2, a tie (one vote each) goes to the nearer: 10's nearest are 0 and 20 (right), 25's
     # are 20 and 10 (wrong), 90's are 100 and 25 (right), 20's are 25 and 10: the nearer, 25.
     assert knn_accuracy(points, classes, k=2) == pytest.approx(4 / 6)

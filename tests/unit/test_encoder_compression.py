@@ -226,6 +226,12 @@ def test_teacher_targets_on_disk_are_the_teachers_outputs_at_each_texts_length(
                                    atol=2e-2, rtol=1e-2)
     assert set(parts) == {"query", "key", "value"} and targets.teacher_batches == 2
     assert (hidden[1][~mask.squeeze(-1)] == 0).all()   # padding positions are zeros
+    # Held in device memory (a GPU's; here the CPU's), a batch is gathered there: the same.
+    assert targets.hold_on("cpu", log=lambda _: None)
+    held = targets.batch(rows, length, "cpu")
+    assert torch.equal(held[0], pooled)
+    for before, after in ((hidden, held[1]), (parts, held[2])):
+        assert all(torch.equal(before[key], after[key]) for key in before)
     targets.remove()
     assert not folder.exists()
 

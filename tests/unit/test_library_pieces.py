@@ -191,9 +191,16 @@ def test_an_embedding_model_with_labels_and_scored_pairs_is_scored_on_its_task(t
     task = Task(EMBEDDING, "texts")
     models = {"teacher": tmp_path / "teacher", "shipped": tmp_path / "shipped"}
     lines = []
+    # Queries with relevance labels: each of 10 queries relevant to the corpus texts of its class.
+    queries = Split({"input": features[:120:12].astype(np.float32)}, np.zeros(10, np.int64))
+    corpus = Split({"input": features.astype(np.float32)}, np.zeros(120, np.int64))
+    relevance = (classes[:120:12, None] == classes[None, :]).astype(np.float64)
     evaluation = evaluate_models(models, test, task, settings, pairs=pairs, pair_scores=people,
-                                 log=lines.append)
+                                 retrieval=(queries, corpus, relevance), log=lines.append)
     teacher, shipped = evaluation.rows
+    assert teacher["ndcg_at_10"] == 1.0 and teacher["labelled_recall_at_10"] < 1.0   # 40 relevant
+    assert shipped["ndcg_at_10_diff"] < 0 and "shipped.ndcg_at_10_diff_high" in evaluation.metrics(
+        task)
     assert teacher["probe_accuracy"] == 1.0 and teacher["knn_accuracy"] == 1.0
     assert shipped["probe_accuracy"] < 0.9 and shipped["knn_accuracy"] < 0.9
     assert teacher["sts_spearman"] == pytest.approx(1.0) and shipped["sts_spearman"] < 0.9
@@ -209,9 +216,19 @@ def test_an_embedding_model_with_labels_and_scored_pairs_is_scored_on_its_task(t
                                               "int8_flags": []}},
                              settings=settings.model_dump(), throughput_unit="texts/s")
     assert "probe acc %" in report and "k-NN acc %" in report and "STS Spearman" in report
-    assert "| 100.0 | 100.0 | 1.0000 |" in report       # the teacher's probe, k-NN and STS
+    # The teacher's probe, k-NN and STS, each with its difference from itself and the interval.
+    assert "| 100.0 (+0.0, +0.0..+0.0) | 100.0 (+0.0, +0.0..+0.0) | 1.0000 (+0.0, " in report
+    # The shipped model's drops, with intervals, in the rows and the metrics: what the gate
+    # judges (tests/unit/test_task_gate.py).
+    for key in ("probe_accuracy", "knn_accuracy", "sts_spearman"):
+        assert shipped[f"{key}_diff_low"] <= shipped[f"{key}_diff"] <= shipped[f"{key}_diff_high"]
+        assert shipped[f"{key}_diff"] < -0.1 and metrics[f"shipped.{key}_diff_high"] < 0
+    assert shipped["probe_accuracy_diff"] == pytest.approx(
+        shipped["probe_accuracy"] - teacher["probe_accuracy"])
+    assert not shipped["student"]                    # prepare -> quantize: the teacher's network
 
     unlabelled = Split(test.inputs, np.zeros(120, np.int64))
     plain = evaluate_models(models, unlabelled, task, settings, log=lines.append)
-    assert not {"probe_accuracy", "knn_accuracy", "sts_spearman"} & set(plain.rows[0])
+    assert not {"probe_accuracy", "knn_accuracy", "sts_spearman", "ndcg_at_10"} & set(
+        plain.rows[0])
     assert not any(key.endswith("probe_accuracy") for key in plain.metrics(task))

@@ -7,6 +7,7 @@ from slimline.config.params import GateParams
 from slimline.measure.lineage import sha256_file
 from slimline.measure.stats import (
     RatioSpread,
+    paired_bootstrap,
     paired_difference,
     smallest_detectable_difference,
     speedup_spread,
@@ -38,6 +39,21 @@ def test_interval_matches_exact_binomial_reference():
 def test_no_flips_means_no_difference():
     paired = paired_difference(np.ones(50, bool), np.ones(50, bool))
     assert (paired.difference, paired.low, paired.high, paired.p_value) == (0, 0, 0, 1)
+
+
+def test_paired_bootstrap_cancels_what_both_models_share():
+    # Two scores that differ by a constant on every item: every resample sees the same
+    # difference, however much the items themselves vary.
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal(300)
+    model = reference - 0.02
+    shared = paired_bootstrap(lambda items: model[items].mean() - reference[items].mean(), 300)
+    assert (shared.difference, shared.low, shared.high) == pytest.approx((-0.02, -0.02, -0.02))
+    # Independent noise on the model's side: the interval widens around the estimate.
+    noisy = model + 0.5 * rng.standard_normal(300)
+    spread = paired_bootstrap(lambda items: noisy[items].mean() - reference[items].mean(), 300)
+    assert spread.low < spread.difference < spread.high
+    assert spread.high - spread.low == pytest.approx(2 * 1.96 * 0.5 / np.sqrt(300), rel=0.2)
 
 
 def test_smallest_detectable_difference_on_1000_items():

@@ -20,13 +20,21 @@ from slimline.models.huggingface import (
     load_pretrained,
     load_tokenizer,
 )
-from slimline.techniques.student_choice import Candidate, eliminate_layers, int8_speedups, pick
+from slimline.techniques.student_choice import (
+    Candidate,
+    eliminate_layers,
+    int8_speedups,
+    pick,
+    val_task_drop,
+)
 from slimline.training.loop import predict
 from tests.helpers.text import save_tiny_bert, sentences
 
 
-def candidate(depth, speedup, fidelity):
-    return Candidate(depth, list(range(depth)), 0.5, speedup, fidelity)
+def candidate(depth, speedup, fidelity, task_drop=None):
+    """A trained candidate; `task_drop` judged, its estimate a point worse (a wide interval)."""
+    return Candidate(depth, list(range(depth)), 0.5, speedup, fidelity, task_drop,
+                     None if task_drop is None else task_drop + 1)
 
 
 def test_the_shallower_student_is_kept_when_both_meet_the_budgets():
@@ -40,6 +48,49 @@ def test_the_deeper_student_is_kept_when_only_it_meets_the_fidelity_budget():
     # ... and not when it is too slow: then the fast one ships, and the line says none met.
     best, why = pick([candidate(3, 5.0, 0.95), candidate(4, 2.5, 0.975)], 3.0, 0.97)
     assert best.depth == 3 and why.startswith("NO student met")
+
+
+def test_with_labels_the_fastest_student_that_keeps_the_task_ships_whatever_its_cosine():
+    # MiniLM on a VNNI CPU: 3 layers 4.6x at cosine 0.929, 4 layers 3.5x at 0.952; both keep the
+    # labelled task (the drop judged at the favourable end of its interval, in points).
+    three, four = candidate(3, 4.6, 0.929, task_drop=-2.1), candidate(4, 3.5, 0.952, -2.8)
+    best, why = pick([three, four], 3.0, 0.97, max_task_drop=1.0)
+    assert best.depth == 3
+    assert ("val task drop -1.10 points, -2.10 at the favourable end of its interval (budget 1)"
+            ", val cosine 0.9290 beside it") in why
+    # A fast student that loses 3 points of the task is passed over for one that keeps it...
+    best, _ = pick([candidate(3, 4.6, 0.99, task_drop=3.0), four], 3.0, 0.97, 1.0)
+    assert best.depth == 4
+    # ... and where none keeps it, the closest ships and the line says so.
+    best, why = pick([candidate(3, 4.6, 0.99, 3.0), candidate(4, 3.5, 0.99, 2.0)], 3.0, 0.97,
+                     1.0)
+    assert best.depth == 4 and why.startswith("NO student kept the labelled tasks within")
+    # Without labels (no task drop), or with max_task_drop null, cosine decides as before.
+    best, _ = pick([candidate(3, 4.6, 0.929, -2.1), four], 3.0, 0.95, max_task_drop=None)
+    assert best.depth == 4
+
+
+def test_without_labels_the_line_says_what_the_budget_asks_and_what_was_measured():
+    _, why = pick([candidate(3, 3.21, 0.9293), candidate(4, 3.05, 0.9516)], 3.0, 0.97)
+    assert "\n" not in why
+    assert "no class labels on the val texts, so the budget asks val cosine 0.97" in why
+    assert "offer 3 layers 0.9293 at 3.21x, 4 layers 0.9516 at 3.05x" in why
+
+
+def test_the_val_task_drop_is_judged_like_the_gate_judges_test():
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(4), 30)                      # 120 val texts, 4 classes
+    centres = rng.standard_normal((4, 16))
+    teacher = centres[classes] + 0.8 * rng.standard_normal((120, 16))
+    kept = teacher + 0.05 * rng.standard_normal((120, 16))     # a student that keeps the task
+    judged, estimate = val_task_drop(teacher, kept, classes)
+    assert judged <= 1.0 and judged <= estimate
+    # A student that puts a fifth of the texts among another class's: many points lost, more
+    # than the interval can forgive.
+    moved = teacher.copy()
+    moved[::5] = centres[(classes[::5] + 1) % 4] + 0.8 * rng.standard_normal((24, 16))
+    assert val_task_drop(teacher, moved, classes)[0] > 3.0
+    assert val_task_drop(teacher, kept, np.zeros(120, np.int64)) is None     # no labels
 
 
 def test_untrained_candidates_are_not_chosen_and_no_fast_candidate_is_an_error():
@@ -106,7 +157,7 @@ def test_the_report_shows_every_candidate_against_the_budgets(tmp_path):
     from slimline.report.candidates import choice_lines, read_student_choice, student_choice
     from slimline.report.plots import candidates_plot
 
-    metrics = {"student_depth": 3, "student_met_fidelity": True,
+    metrics = {"student_depth": 3, "student_met_budget": True,
                "student_budget.min_speedup": 3.0, "student_budget.min_fidelity": 0.97,
                "candidate_3_layers.depth": 3, "candidate_3_layers.initial_fidelity": 0.73,
                "candidate_3_layers.speedup": 3.6, "candidate_3_layers.fidelity": 0.975,
@@ -116,12 +167,17 @@ def test_the_report_shows_every_candidate_against_the_budgets(tmp_path):
     choice = read_student_choice(tmp_path / "distill.json")
     assert [row["depth"] for row in choice.rows] == [3, 4] and choice.chosen_depth == 3
     table = "\n".join(choice_lines(choice))
-    assert "| 3 | 0.7300 | 3.60x | 0.9750 | shipped |" in table
-    assert "| 4 | 0.8500 | 2.60x | not trained |  |" in table
+    assert "| 3 | 0.7300 | 3.60x | 0.9750 |  | shipped |" in table
+    assert "| 4 | 0.8500 | 2.60x | not trained |  |  |" in table
     assert "shipped the fastest depth at least 3x faster" in table
-    assert "meets min_fidelity 0.97" in table
-    missed = student_choice({**metrics, "student_met_fidelity": False})
-    assert "**No candidate met min_fidelity 0.97**" in "\n".join(choice_lines(missed))
+    assert "meets min_fidelity 0.97 in val cosine (no labels)" in table
+    missed = student_choice({**metrics, "student_met_budget": False})
+    assert "**No candidate met the budget**" in "\n".join(choice_lines(missed))
+    # Judged by the val texts' labelled tasks: the budget and each drop in the section.
+    labelled = student_choice({**metrics, "student_budget.max_task_drop": 1.0,
+                               "candidate_3_layers.task_drop": -0.5})
+    table = "\n".join(choice_lines(labelled))
+    assert "within 1 points of the teacher" in table and "| 0.9750 | -0.50 points |" in table
     candidates_plot(choice, tmp_path / "candidates.png")
     assert (tmp_path / "candidates.png").read_bytes()[:4] == b"\x89PNG"
     assert student_choice({"enabled": 1, "distilled_val_top1": 0.9}) is None
