@@ -47,7 +47,7 @@ def test_overrides_merge_nested_and_dotted_keys_and_are_validated_like_params_ya
         merge_overrides(params, {"prepare.train.epochs": "1"})
     with pytest.raises(SlimlineError, match="unknown key 'prepare.train.epoch'"):
         merge_overrides(params, {"prepare.train.epoch": 1})
-    with pytest.raises(SlimlineError, match="expected a mapping"):
+    with pytest.raises(SlimlineError, match="must be a JSON object of params .* not list"):
         merge_overrides(params, ["prepare.train.epochs", 1])
 
 
