@@ -1,6 +1,7 @@
 """A small EfficientNet-Lite (random weights, three of its seven stages) on real digits read from
-idx files, through the whole line with `dvc repro`: pruning keeps the depthwise convolutions whole,
-distillation and int8 run on inverted residuals, evaluate measures every artifact."""
+idx files, through the whole line with `dvc repro` (decompose passes it through): pruning keeps the
+depthwise convolutions whole, distillation and int8 run on inverted residuals, evaluate measures
+every artifact."""
 import json
 
 import pytest
@@ -22,6 +23,7 @@ def test_a_small_efficientnet_lite_goes_through_every_stage(tmp_path):
         model={"source": "factory", "factory": "slimline.models.efficientnet_lite:EfficientNetLite",
                "factory_args": SMALL_LITE, "num_classes": 10},
         prepare={"train": {"epochs": 3, "learning_rate": 0.05}},
+        decompose={"enabled": False},   # measured layer by layer: minutes, and tested elsewhere
         distill={"compare_without_teacher": False},
     )
     project = make_project(tmp_path / "project", params)
