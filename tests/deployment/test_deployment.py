@@ -91,6 +91,16 @@ def _training(api, run_id: str) -> dict:
         time.sleep(1)
 
 
+def _retry_running(api, run_id: str, first: dict, killed: float) -> dict:
+    """prepare's next try once it runs, within ten heartbeat timeouts of the kill."""
+    while True:
+        retry = api.task_instance(run_id, "prepare")
+        if retry["try_number"] > first["try_number"] and retry["state"] == "running":
+            return retry
+        assert time.monotonic() - killed < 10 * HEARTBEAT_TIMEOUT_SECONDS, retry
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def main_process_kill(deployment, scheduled_run) -> dict:
     """A night triggered through the REST API, overrides in its conf; while its teacher trains,
@@ -116,12 +126,7 @@ def main_process_kill(deployment, scheduled_run) -> dict:
         time.sleep(0.2)
     left = [" ".join(psutil.Process(pid).cmdline())[:100] for pid in left]
     gone_after = time.monotonic() - killed
-    while True:
-        retry = api.task_instance(run_id, "prepare")
-        if retry["try_number"] > prepare["try_number"] and retry["state"] == "running":
-            break
-        assert time.monotonic() - killed < 10 * HEARTBEAT_TIMEOUT_SECONDS, retry
-        time.sleep(1)
+    retry = _retry_running(api, run_id, prepare, killed)
     retried_after = time.monotonic() - killed
     # The shell of the docs' "fetch a night's model": the read-only keys exported.
     read_only = read_env_file(deployment.project / ".nightly" / "seaweedfs"
@@ -279,12 +284,7 @@ def test_a_worker_killed_while_training_is_replaced_by_a_retry_on_the_other_work
     for pid in doomed:  # the whole worker at once, as when its machine dies
         os.kill(pid, signal.SIGKILL)
 
-    while True:
-        retry = api.task_instance(scheduled_run, "prepare")
-        if retry["try_number"] > prepare["try_number"] and retry["state"] == "running":
-            break
-        assert time.monotonic() - killed < 10 * HEARTBEAT_TIMEOUT_SECONDS, retry
-        time.sleep(1)
+    retry = _retry_running(api, scheduled_run, prepare, killed)
     delay = time.monotonic() - killed
     assert retry["hostname"] != victim
     first = api.task_log(scheduled_run, "prepare", prepare["try_number"])
