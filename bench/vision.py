@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -49,24 +48,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import vision_peers as peers  # noqa: E402
+from scratch import cpu_description, new_project, run, work_folder  # noqa: E402
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "slimline", "profiles", ".dvcignore")
 STAGES = ("prepare", "prune", "decompose", "distill", "quantize", "evaluate")
 STAGE_MODELS = {"pruned": "pruned", "decomposed": "decomposed", "distilled": "distilled"}
 PEERS = ("ort_int8", "nncf_int8", "torch_pruning_int8")
 # issue 30's floors, against the fine-tuned fp32 teacher
 FLOORS = {"teacher_top1": 90.0, "size_ratio": 1 / 8, "speedup": 3.0, "top1_drop": 1.0,
           "vs_one_call": 1.5}
-
-
-def run(command: list[str], cwd: Path, log: Path) -> tuple[float, int]:
-    started = time.perf_counter()
-    print(f"$ {' '.join(command)}  (log: {log})", flush=True)
-    with open(log, "w") as handle:
-        code = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT).returncode
-    if code:
-        print(f"  exit {code}: see {log}", flush=True)
-    return time.perf_counter() - started, code
 
 
 def line_params(size: int, train_images: int, epochs: int, student_epochs: int) -> dict:
@@ -87,20 +76,10 @@ def line_params(size: int, train_images: int, epochs: int, student_epochs: int) 
 
 
 def make_project(folder: Path, params: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        source, target = ROOT / name, folder / name
-        if not target.exists():
-            (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
-    shutil.copytree(ROOT / "datasets" / "fashion-mnist", folder / "datasets" / "fashion-mnist",
+    project = new_project(folder, params)
+    shutil.copytree(ROOT / "datasets" / "fashion-mnist", project / "datasets" / "fashion-mnist",
                     dirs_exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if not (folder / ".git").exists():
-        subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
-        subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
-                        "commit", "-q", "--allow-empty", "-m", "bench"], cwd=folder, check=True)
-        subprocess.run(["dvc", "init", "-q"], cwd=folder, check=True)
-    return folder
+    return project
 
 
 def run_line(project: Path, work: Path, seconds: dict) -> bool:
@@ -240,16 +219,6 @@ def imagenet_check(project: Path, work: Path, runs: int, seconds: dict) -> dict[
     return rows
 
 
-def cpu_description() -> str:
-    from slimline.techniques.quantize import cpu_int8_features
-
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = ", ".join(sorted(cpu_int8_features())) or "none (no VNNI, no AMX)"
-    return f"{model}, {os.cpu_count()} logical cores, int8 flags: {flags}"
-
-
 def print_tables(rows: dict, imagenet: dict, seconds: dict, args, train: int) -> None:
     print(f"\nFashion-MNIST at {args.size} px, {train} training images, {args.epochs} fine-tune "
           f"epochs; test: the 10,000 test images; ONNX Runtime, batch 1, one thread, interleaved")
@@ -340,12 +309,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed batch-1 runs per model")
     parser.add_argument("--reuse", action="store_true", help="keep what --workdir already has")
     args = parser.parse_args()
-    # dvc and the stages' `python` are this environment's, also when it is not activated.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    work = args.workdir
-    if work.exists() and not args.reuse:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.workdir, args.reuse)
 
     seconds = {}
     started = time.perf_counter()

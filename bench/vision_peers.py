@@ -15,7 +15,6 @@ wheel (read out of the wheel, hash-pinned), scikit-learn and matplotlib, cut int
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import os
 import subprocess
@@ -24,10 +23,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from scratch import pinned_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIMAGE = "scikit-image==0.26.0"
-SKIMAGE_WHEEL = "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl"
 SKIMAGE_SHA256 = "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af"
 NNCF = ["nncf==3.4.0", "ninja==1.13.2", "openvino-telemetry==2025.2.0"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -47,19 +46,9 @@ def install_nncf() -> None:
 
 
 def skimage_wheel(folder: Path) -> Path:
-    """scikit-image's wheel (Python 3.11, x86-64 Linux), downloaded by pip without installing it
-    (only its photos are read), hash-checked. pip is the base interpreter's: .venv has none."""
-    wheel = folder / SKIMAGE_WHEEL
-    if not wheel.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        python = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([python, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--only-binary", ":all:", "--python-version", "3.11", "--platform",
-                        "manylinux_2_28_x86_64", "-d", str(folder), SKIMAGE], check=True)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != SKIMAGE_SHA256:
-        raise SystemExit(f"{wheel}: sha256 {digest} is not the pinned {SKIMAGE_SHA256}")
-    return wheel
+    """scikit-image's wheel (Python 3.11, x86-64 Linux): only its photos are read."""
+    return pinned_wheel(folder, SKIMAGE, SKIMAGE_SHA256,
+                        ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"))
 
 
 def photos(wheel: Path) -> dict[str, np.ndarray]:
