@@ -51,6 +51,15 @@ def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
     counts as error)."""
     layer_inputs = calibration.head(min(len(calibration), LAYER_EXAMPLES))
     choice = FidelityChoice(quantized, prepared)
+
+    def judged(candidate, key: str, step: str, keep, why_not: str) -> tuple[bool, float]:
+        """(kept, fidelity) of one step's candidate graph, recorded and logged."""
+        fidelity = fidelity_of(candidate)
+        kept = keep(fidelity)
+        choice.settings[key] = fidelity
+        log(f"{step}: fidelity {fidelity:.4f} -> {'kept' if kept else f'not kept ({why_not})'}")
+        return kept, fidelity
+
     score = fidelity_of(quantized)
     choice.settings["fidelity_plain"] = score
     log(f"static int8, plain: fidelity to fp32 {score:.4f}")
@@ -60,21 +69,17 @@ def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
         log("cross-layer equalization: no conv pairs to equalize")
     elif report is not None:
         candidate = requantize(equalized)
-        fidelity = fidelity_of(candidate)
-        kept = _keep(config.equalize, fidelity, score)
-        choice.settings["fidelity_equalized"] = fidelity
-        log(f"{report.describe()}: fidelity {fidelity:.4f} -> "
-            f"{'kept' if kept else 'not kept (plain is as faithful)'}")
+        kept, fidelity = judged(candidate, "fidelity_equalized", report.describe(),
+                                lambda value: _keep(config.equalize, value, score),
+                                "plain is as faithful")
         if kept:
             choice.quantized, choice.reference, score = candidate, equalized, fidelity
     choice.settings["equalized"] = choice.reference is not prepared
     if config.bias_correction != "off":
         candidate, report = correct_biases(choice.reference, choice.quantized, layer_inputs)
-        fidelity = fidelity_of(candidate)
-        kept = _keep(config.bias_correction, fidelity, score)
-        choice.settings["fidelity_bias_corrected"] = fidelity
-        log(f"{report.describe()}: fidelity {fidelity:.4f} -> "
-            f"{'kept' if kept else 'not kept (no more faithful)'}")
+        kept, fidelity = judged(candidate, "fidelity_bias_corrected", report.describe(),
+                                lambda value: _keep(config.bias_correction, value, score),
+                                "no more faithful")
         if kept:
             choice.quantized, score = candidate, fidelity
         choice.settings["bias_corrected"] = kept
@@ -84,12 +89,11 @@ def faithful_static_int8(prepared: onnx.ModelProto, quantized: onnx.ModelProto,
         candidate = requantize(choice.reference, fp32_nodes=fp32_nodes)
         if choice.settings.get("bias_corrected"):
             candidate, _ = correct_biases(choice.reference, candidate, layer_inputs)
-        fidelity = fidelity_of(candidate)
         # fp32 layers cost speed and size: a logit-cosine tie-break (< 0.001) does not pay that
-        kept = fidelity > score + 1e-3
-        choice.settings["fidelity_fp32_layers"] = fidelity
-        log(f"left in fp32 (adding the most int8 error): {', '.join(fp32_nodes)}: fidelity "
-            f"{fidelity:.4f} -> {'kept' if kept else 'not kept (no more faithful)'}")
+        kept, fidelity = judged(
+            candidate, "fidelity_fp32_layers",
+            f"left in fp32 (adding the most int8 error): {', '.join(fp32_nodes)}",
+            lambda value: value > score + 1e-3, "no more faithful")
         if kept:
             choice.quantized, score = candidate, fidelity
             choice.layers = layer_errors(choice.reference, candidate, layer_inputs)
