@@ -265,6 +265,7 @@ def print_floors(rows: dict, imagenet: dict, gate_passed: bool, seconds: dict) -
     print(f"  {mark(drop <= FLOORS['top1_drop'])}  line: top-1 drop {drop:+.2f} points, 95% "
           f"interval ({-line['top1_diff_high']:+.2f}, {-line['top1_diff_low']:+.2f}) "
           f"(floor <= {FLOORS['top1_drop']})")
+
     def no_lower(name: str) -> tuple[bool, str]:
         """The floors' "no lower top-1", judged as the gate judges a drop: the paired 95% interval
         of the line against the peer reaches 0. The point estimate is printed beside it."""
