@@ -263,24 +263,34 @@ def test_nightly_sh_stopped_while_prepare_trains_leaves_no_process_of_its_night(
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
 
+    def command_line(process: psutil.Process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.NoSuchProcess:  # gone, or a zombie not yet reaped, between two looks
+            return ""
+
     def of_the_night() -> list[psutil.Process]:
         try:
             below = psutil.Process(night.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [process for process in below if "weed" not in " ".join(process.cmdline())]
+        return [process for process in below if "weed" not in command_line(process)]
+
+    def night_so_far() -> str:
+        log = state / "last-run.log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else "(no last-run.log)"
 
     doomed = []
     try:
         deadline = time.monotonic() + 600
-        while not any("stages.prepare" in " ".join(process.cmdline())
-                      for process in of_the_night()):
-            assert night.poll() is None and time.monotonic() < deadline, "prepare never ran"
+        while not any("stages.prepare" in command_line(process) for process in of_the_night()):
+            assert night.poll() is None and time.monotonic() < deadline, \
+                f"prepare never ran:\n{night_so_far()}"
             time.sleep(0.5)
         doomed = of_the_night()
         os.kill(night.pid, signal.SIGTERM)
         _, left = psutil.wait_procs(doomed, timeout=30)
-        assert left == [], [" ".join(process.cmdline())[:100] for process in left]
+        assert left == [], [command_line(process)[:100] for process in left]
     finally:
         for process in [*doomed, *of_the_night()]:
             with contextlib.suppress(psutil.NoSuchProcess):
