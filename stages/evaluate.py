@@ -87,7 +87,7 @@ def main(args, params, log):
                      seed=params.seed, threads=settings.threads)
     detectable = smallest_detectable_difference(shipped["items"], settings.gate.confidence)
     write_report(args.report, evaluation, checks, gate_rule=settings.gate.rule,
-                 num_classes=2 if task.is_embedding else params.model.num_classes,
+                 num_classes=None if task.is_embedding else params.model.num_classes,
                  detectable=detectable, lineage=origin, settings=settings.model_dump(),
                  throughput_unit=task.throughput_unit,
                  choice=read_student_choice(args.candidates) if args.candidates else None)

@@ -43,7 +43,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, detectable: float,
-                    noisy: list[str], per_class: list[float], lineage: dict, settings: dict,
+                    noisy: list[str], per_class: list[float] | None, lineage: dict,
+                    settings: dict,
                     throughput_unit: str = "images/s", choice: StudentChoice | None = None) -> str:
     lines = ["# Slimline report", ""]
     passed = all(check.passed for check in checks)
@@ -163,33 +164,34 @@ def markdown_report(*, rows: list[dict], checks, gate_rule: str, shipped: str, d
     ]
     if choice is not None:
         lines += choice_lines(choice)
-    lines += [
-        "## Plots",
-        "",
-        "![triangle](triangle.png)",
-        "",
-        f"![confusion matrix of {shipped}](confusion.png)",
-        "",
-        f"Per-class test accuracy of `{shipped}`: "
-        + ", ".join(f"{label}: {100 * value:.1f}%" for label, value in enumerate(per_class)),
-        "",
-    ]
+    lines += ["## Plots", "", "![triangle](triangle.png)", ""]
+    if per_class is not None:
+        lines += [
+            f"![confusion matrix of {shipped}](confusion.png)",
+            "",
+            f"Per-class test accuracy of `{shipped}`: "
+            + ", ".join(f"{label}: {100 * value:.1f}%" for label, value in enumerate(per_class)),
+            "",
+        ]
     lines += ["## Lineage", "", "```"]
     lines += [f"{key}: {value}" for key, value in lineage.items()]
     lines += ["```", ""]
     return "\n".join(lines)
 
 
-def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classes: int,
+def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classes: int | None,
                  detectable: float, lineage: dict, settings: dict,
                  throughput_unit: str = "images/s", choice: StudentChoice | None = None) -> None:
     """The report folder, written atomically: report.md, models.json (the rows DVC plots read),
-    lineage.json, the triangle plot and the shipped model's confusion matrix (and, where
-    distill.student_budget chose the student, its candidates' plot)."""
+    lineage.json, the triangle plot, a classifier's confusion matrix (num_classes None: an
+    embedding model, whose judged outcome is agreement, not a class) and, where
+    distill.student_budget chose the student, its candidates' plot."""
     shipped = evaluation.shipped["name"]
-    confusion = np.zeros((num_classes, num_classes), dtype=int)
-    np.add.at(confusion, evaluation.outcomes[shipped], 1)
-    per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+    confusion = per_class = None
+    if num_classes is not None:
+        confusion = np.zeros((num_classes, num_classes), dtype=int)
+        np.add.at(confusion, evaluation.outcomes[shipped], 1)
+        per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
     plain = [
         {key: value for key, value in row.items() if key != "paired"} for row in evaluation.rows
     ]
@@ -197,9 +199,10 @@ def write_report(target: Path, evaluation, checks, *, gate_rule: str, num_classe
         write_json(tmp / "models.json", plain)
         write_json(tmp / "lineage.json", lineage)
         triangle_plot(plain, tmp / "triangle.png")
-        confusion_plot(
-            confusion, f"{shipped}: confusion matrix (test split)", tmp / "confusion.png"
-        )
+        if confusion is not None:
+            confusion_plot(
+                confusion, f"{shipped}: confusion matrix (test split)", tmp / "confusion.png"
+            )
         if choice is not None:
             candidates_plot(choice, tmp / "candidates.png")
         (tmp / "report.md").write_text(markdown_report(

@@ -106,6 +106,8 @@ def test_evaluate_judges_embeddings_and_does_not_time_copies_twice(encoder_line)
     assert evaluate["pruned.latency_p50_ms"] == evaluate["teacher.latency_p50_ms"]
     report = (encoder_line / "reports" / "report.md").read_text()
     assert "texts/s" in report and "nn@1 agreement" in report and "img/s" not in report
+    # An embedding model has no classes: no confusion matrix of nn@1 agreement as if it were one.
+    assert "Per-class" not in report and not (encoder_line / "reports" / "confusion.png").exists()
 
 
 def run_distill(project, name, **distill):

@@ -211,11 +211,12 @@ def test_an_embedding_model_with_labels_and_scored_pairs_is_scored_on_its_task(t
     assert "teacher.knn_accuracy" in metrics and "shipped.sts_spearman" in metrics
     assert any("probe accuracy" in line and "shipped" in line for line in lines)
     report = markdown_report(rows=evaluation.rows, checks=[], gate_rule="interval",
-                             shipped="shipped", detectable=0.01, noisy=[], per_class=[1.0],
+                             shipped="shipped", detectable=0.01, noisy=[], per_class=None,
                              lineage={"cpu": {"model": "x", "logical_cores": 2,
                                               "int8_flags": []}},
                              settings=settings.model_dump(), throughput_unit="texts/s")
     assert "probe acc %" in report and "k-NN acc %" in report and "STS Spearman" in report
+    assert "confusion" not in report and "Per-class" not in report
     # The teacher's probe, k-NN and STS, each with its difference from itself and the interval.
     assert "| 100.0 (+0.0, +0.0..+0.0) | 100.0 (+0.0, +0.0..+0.0) | 1.0000 (+0.0, " in report
     # The shipped model's drops, with intervals, in the rows and the metrics: what the gate
